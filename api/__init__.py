@@ -1,0 +1,1 @@
+"""The LedgerBridge gateway (FastAPI)."""

@@ -1,0 +1,99 @@
+"""Building connectors from connection rows, connection views, and health bookkeeping."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import update
+
+from api import context
+from api.connections.store import DbCredentialStore
+from api.errors import ApiError
+from api.schemas import ConnectionView, Health
+from api.state import AppState
+from api.upstream import GatewayGate
+from connectors import registry
+from connectors.base import Connector, ConnectorContext
+from models import Connection
+
+HEALTH_SUCCESS_INTERVAL = dt.timedelta(seconds=30)
+
+_BLOCKED = {
+    "pending_authorization": (409, "authorization_pending", "The connection has not been authorized yet"),
+    "business_selection_required": (
+        409,
+        "business_selection_required",
+        'Pick a business with PATCH /v1/connections/{id} {"business_id": …}',
+    ),
+    "reauthorization_required": (409, "reauthorization_required", "The end customer must authorize again"),
+    "revoked": (409, "connection_revoked", "The connection was deleted"),
+}
+
+
+def connector_class(provider: str) -> type[Connector]:
+    cls = registry.get(provider)
+    if cls is None:
+        raise ApiError(422, "validation_error", f"Unknown provider {provider!r}")
+    return cls
+
+
+def build_connector(state: AppState, connection: Connection, *, require_active: bool = True) -> Connector:
+    if require_active and connection.status != "active":
+        status, code, detail = _BLOCKED.get(
+            connection.status, (409, "connection_inactive", "Inactive connection")
+        )
+        raise ApiError(status, code, detail)
+    cls = connector_class(connection.provider)
+    settings = connection.settings or {}
+    request_ctx = context.current()
+    if request_ctx is not None:
+        request_ctx.provider = connection.provider
+        request_ctx.scope = settings.get("business_id") or settings.get("company_id")
+    ctx = ConnectorContext(
+        http=state.http,
+        app=state.settings.provider_apps[connection.provider],
+        settings=cls.Settings.model_validate(connection.settings),
+        store=DbCredentialStore(state.db, state.keyring, state.secret_cache, connection),
+        gate=GatewayGate(state.limiter, connection.tenant_id, connection.id),
+        connection_id=connection.id,
+    )
+    return cls(ctx)
+
+
+def public_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if not k.startswith("_")}
+
+
+def connection_view(row: Connection, authorization_url: str | None = None) -> ConnectionView:
+    return ConnectionView(
+        id=row.id,
+        provider=row.provider,
+        status=row.status,
+        settings=public_settings(row.settings or {}),
+        health=Health(
+            last_success_at=row.last_success_at,
+            last_error_at=row.last_error_at,
+            last_error=row.last_error,
+            credentials_expire_at=row.credentials_expire_at,
+        ),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        authorization_url=authorization_url,
+    )
+
+
+async def record_health(state: AppState, connection: Connection, error: str | None) -> None:
+    """Note a call's outcome on the connection (successes at most every 30 s, errors always)."""
+    now = dt.datetime.now(dt.UTC)
+    if error is None:
+        if (
+            connection.last_success_at is not None
+            and now - connection.last_success_at < HEALTH_SUCCESS_INTERVAL
+        ):
+            return
+        values: dict[str, Any] = {"last_success_at": now}
+    else:
+        values = {"last_error_at": now, "last_error": error[:1000]}
+    async with state.db.session() as session:
+        await session.execute(update(Connection).where(Connection.id == connection.id).values(**values))

@@ -1,0 +1,5 @@
+"""Alembic migrations: every schema change is a migration."""
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
