@@ -122,7 +122,7 @@ async def send(
         error: Exception | None = None
         async with ctx.gate.admit(call):
             try:
-                response = await ctx.http.send(request)
+                response = await ctx.http.send(request, follow_redirects=False)
                 await response.aread()
             except httpx.HTTPError as exc:
                 error = exc

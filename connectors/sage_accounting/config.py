@@ -20,6 +20,8 @@ class SageAccountingApp(BaseModel):
 
 
 class SageBusiness(BaseModel):
+    """One business (company file) the authorizing Sage user can reach (``GET /businesses``)."""
+
     id: str
     name: str | None = None
 
