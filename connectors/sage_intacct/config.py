@@ -17,6 +17,8 @@ class SageIntacctApp(BaseModel):
 
 
 class SageIntacctRestCredentials(BaseModel):
+    """Optional REST API client (sage-intacct-wire.md §3.1): enables the REST path for customers."""
+
     model_config = ConfigDict(extra="forbid")
 
     client_id: str = Field(min_length=1, max_length=200)
@@ -45,3 +47,5 @@ class SageIntacctSettings(BaseModel):
     entity_id: str | None = None
     location_id: str | None = None
     rest_enabled: bool = False
+    journal_symbol: str = Field(default="GJ", min_length=1, max_length=20)
+    """The GLBATCH ``JOURNAL`` new journals are posted to (sage-intacct-wire.md §2.6)."""
