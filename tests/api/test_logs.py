@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from sqlalchemy import select, update
+
+from api.logs import JsonFormatter
+from models import Credential
+from tests.conftest import Gateway, auth
+
+
+def test_json_logs_redact_secrets() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("ledgerbridge.test")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info(
+            "calling upstream with Bearer eyJsecret.token and key lb_abcdefghijklmnopqrstuvwxyz123456",
+            extra={"refresh_token": "rt-secret", "client_secret": "cs-secret", "status": 200},
+        )
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    text = stream.getvalue()
+    for secret in ("eyJsecret.token", "lb_abcdefghijklmnopqrstuvwxyz123456", "rt-secret", "cs-secret"):
+        assert secret not in text
+    assert line["status"] == 200 and line["level"] == "INFO"
+
+
+async def test_tampered_ciphertext_is_a_clear_problem_and_changes_nothing(gateway: Gateway) -> None:
+    key = await gateway.tenant()
+    conn = await gateway.sage_connection(key)
+    gateway.app.state.lb.secret_cache.forget(conn["id"])
+    async with gateway.app.state.lb.db.session() as session:
+        row = (await session.execute(select(Credential).where(Credential.field == "access_token"))).scalar_one()
+        tampered = row.ciphertext[:-3] + ("AAA" if not row.ciphertext.endswith("AAA") else "BBB")
+        await session.execute(update(Credential).where(Credential.id == row.id).values(ciphertext=tampered))
+        await session.execute(update(Credential).where(Credential.connection_id == conn["id"]).values(updated_at=row.updated_at))
+    calls = sum(gateway.sims.sage.faults.calls.values())
+    r = await gateway.client.get("/v1/contacts", headers=auth(key, conn["id"]))
+    assert r.status_code == 409 and r.json()["code"] == "credentials_unreadable"
+    assert sum(gateway.sims.sage.faults.calls.values()) == calls
+    async with gateway.app.state.lb.db.sessions() as session:
+        again = (await session.execute(select(Credential).where(Credential.id == row.id))).scalar_one()
+    assert again.ciphertext == tampered
