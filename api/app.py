@@ -14,12 +14,15 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
-from api import errors
+from api import errors, transport
 from api.accounting.routes import router as accounting_router
 from api.connections.routes import router as connections_router
 from api.db import Database
 from api.middleware import GatewayMiddleware
 from api.ops import router as ops_router
+from api.proxy.routes import router as proxy_router
+from api.ratelimit import build_governor
+from api.reconciler import Reconciler
 from api.requestlog import RequestLogWriter
 from api.requestlog import router as requestlog_router
 from api.settings import Settings
@@ -46,9 +49,7 @@ async def verify_stored_key_ids(state: AppState) -> None:
 
 
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0)
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    return transport.make_http_client(settings.upstream_timeout_seconds, settings.http_transport)
 
 
 def create_app(
@@ -71,11 +72,19 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: AppState = app.state.lb
         await verify_stored_key_ids(state)
+        if governor is not None:
+            await governor.start()
         state.request_log.start()
+        reconciler = Reconciler(state)
+        state.extras["reconciler"] = reconciler
+        reconciler.start()
         try:
             yield
         finally:
+            await reconciler.stop()
             await state.request_log.stop()
+            if governor is not None:
+                await governor.close()
             if http is None:
                 await state.http.aclose()
             await state.db.dispose()
@@ -88,7 +97,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    db = Database(settings.database_url)
+    db = Database(
+        settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+    )
     app.state.lb = AppState(
         settings=settings,
         db=db,
@@ -96,8 +107,18 @@ def create_app(
         http=http or make_http_client(settings),
         request_log=RequestLogWriter(db),
     )
+    governor = build_governor(settings)
+    if governor is not None:
+        app.state.lb.limiter = governor
     errors.install(app)
-    for router in (ops_router, tenants_router, connections_router, accounting_router, requestlog_router):
+    for router in (
+        ops_router,
+        tenants_router,
+        connections_router,
+        accounting_router,
+        requestlog_router,
+        proxy_router,
+    ):
         app.include_router(router)
     app.mount("/docs-static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
     for prefix, sub in (mounts or {}).items():

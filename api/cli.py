@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from api import logs
 from api.settings import Settings
+from api.vault import KeyringError
 
 
 def _factory() -> object:
@@ -18,14 +19,43 @@ def _factory() -> object:
     return create_app()
 
 
+def preflight(settings: Settings) -> None:
+    """Migrate, then check the keyring against the stored key ids, before any worker starts."""
+    from sqlalchemy import create_engine, select
+
+    from api import migrate
+    from api.db import sync_url
+    from api.vault import load_keyring
+    from models import Credential
+
+    keyring = load_keyring(
+        settings.keyring.get_secret_value() if settings.keyring else None,
+        settings.active_key_id,
+        env=settings.env,
+        dev_key_file=settings.dev_key_file,
+    )
+    migrate.upgrade(settings.database_url)
+    engine = create_engine(sync_url(settings.database_url))
+    try:
+        with engine.connect() as conn:
+            kids = set(conn.execute(select(Credential.key_id).distinct()).scalars())
+    finally:
+        engine.dispose()
+    missing = kids - set(keyring.keys)
+    if missing:
+        raise KeyringError(f"stored credentials use key ids missing from the keyring: {sorted(missing)}")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api import migrate
-
     settings = Settings()
     logs.configure(settings.log_level)
-    migrate.upgrade(settings.database_url)
+    try:
+        preflight(settings)
+    except KeyringError as exc:
+        print(f"ledgerbridge: refusing to start: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
         "api.cli:_factory",
         factory=True,

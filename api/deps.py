@@ -30,7 +30,9 @@ async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-Session = Annotated[AsyncSession, Depends(db_session)]
+# scope="function": the unit of work commits before the response is sent, so a client acting on a 201 at
+# once (e.g. following an authorization_url) always finds the row, and a failed commit is never a 2xx.
+Session = Annotated[AsyncSession, Depends(db_session, scope="function")]
 
 
 def hash_api_key(key: str) -> str:
@@ -87,7 +89,7 @@ class TenantRepository:
         return row
 
 
-def repository(caller: Caller, session: Session) -> TenantRepository:
+async def repository(caller: Caller, session: Session) -> TenantRepository:
     return TenantRepository(session, caller.tenant_id)
 
 

@@ -15,12 +15,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.context import current, current_request_id
+from api.vault import VaultError
 from connectors.errors import ConnectorError, RateLimited
 
 log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
 TYPE_BASE = "https://ledgerbridge.dev/problems/"
+QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 
 
 class ApiError(Exception):
@@ -57,7 +59,8 @@ def problem_body(
     status: int, code: str, title: str, detail: str, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "type": TYPE_BASE + code,
+        # The rate-limit drafts register a problem type for an exhausted quota (reliability-notes.md §1.6).
+        "type": QUOTA_EXCEEDED if status == 429 else TYPE_BASE + code,
         "title": title,
         "status": status,
         "detail": detail,
@@ -131,6 +134,17 @@ def install(app: FastAPI) -> None:
     async def _connector_error(request: Request, exc: ConnectorError) -> JSONResponse:
         return connector_error_response(exc)
 
+    @app.exception_handler(VaultError)
+    async def _vault(request: Request, exc: VaultError) -> JSONResponse:
+        # A stored secret that fails authentication was tampered with or moved: never use it, and say so.
+        log.error("stored credentials failed to decrypt", extra={"reason": str(exc)})
+        return problem_response(
+            409,
+            "credentials_unreadable",
+            "Credentials unreadable",
+            "The connection's stored credentials cannot be decrypted; reconnect it",
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         code, problems = _validation_problems(exc)
@@ -148,5 +162,9 @@ def install(app: FastAPI) -> None:
         }
         code = codes.get(exc.status_code, "http_error")
         return problem_response(
-            exc.status_code, code, code.replace("_", " ").capitalize(), str(exc.detail), headers=dict(exc.headers or {})
+            exc.status_code,
+            code,
+            code.replace("_", " ").capitalize(),
+            str(exc.detail),
+            headers=dict(exc.headers or {}),
         )

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import context, metrics
@@ -34,7 +35,7 @@ class GatewayMiddleware:
         ctx = context.begin()
         started = time.perf_counter()
         method: str = scope["method"]
-        path: str = scope["path"]
+        path: str = get_route_path(scope)
         is_v1 = path.startswith("/v1/")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         ctx.idempotency_key = headers.get("idempotency-key")
@@ -122,7 +123,7 @@ class GatewayMiddleware:
                         "tenant_id": ctx.tenant_id,
                         "connection_id": ctx.connection_id,
                         "method": method,
-                        "path": path,
+                        "path": loggable_path(path),
                         "status": status,
                         "duration_ms": round(duration_ms, 3),
                         "idempotency_key": ctx.idempotency_key[:255] if ctx.idempotency_key else None,
@@ -164,3 +165,9 @@ def _now() -> Any:
     import datetime as dt
 
     return dt.datetime.now(dt.UTC)
+
+
+def loggable_path(path: str) -> str:
+    """The path as stored in the request log: control characters escaped, length bounded (any caller
+    controls it, and one unstorable row must never stall the log for every tenant)."""
+    return "".join(c if c.isprintable() else f"%{ord(c):02X}" for c in path)[:2000]

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import delete, insert
+from sqlalchemy.exc import DataError, IntegrityError
 
 from api.db import Database
 from api.deps import Repo
@@ -21,6 +22,8 @@ from models import RequestLog
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["request log"])
+
+MAX_PENDING = 100_000
 
 
 class RequestLogWriter:
@@ -51,9 +54,24 @@ class RequestLogWriter:
             try:
                 async with self.db.session() as session:
                     await session.execute(insert(RequestLog), rows)
+            except (DataError, IntegrityError):
+                await self._insert_singly(rows)
             except Exception:
                 log.exception("request log write failed; %d rows kept for retry", len(rows))
                 self.pending[:0] = rows
+                if len(self.pending) > MAX_PENDING:
+                    dropped = len(self.pending) - MAX_PENDING
+                    del self.pending[MAX_PENDING:]
+                    log.error("request log backlog full: %d rows dropped", dropped)
+
+    async def _insert_singly(self, rows: list[dict[str, Any]]) -> None:
+        """One bad row (the database refused its data) must not hold back the others."""
+        for row in rows:
+            try:
+                async with self.db.session() as session:
+                    await session.execute(insert(RequestLog), [row])
+            except (DataError, IntegrityError):
+                log.error("request log row refused by the database", extra={"request_id": row.get("id")})
 
     async def _run(self) -> None:
         while True:
@@ -135,7 +153,10 @@ def _encode_cursor(row: RequestLog) -> str:
 def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         created, rid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return dt.datetime.fromisoformat(created), str(rid)
+        when = dt.datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("naive cursor time")
+        return when, str(rid)
     except (ValueError, TypeError):
         raise ApiError(422, "validation_error", "Invalid cursor") from None
 
@@ -150,7 +171,10 @@ async def list_requests(
     since: dt.datetime | None = Query(None, description="RFC 3339, inclusive"),
     until: dt.datetime | None = Query(None, description="RFC 3339, exclusive"),
 ) -> RequestLogPage:
-    """The tenant's calls, newest first."""
+    """The tenant's calls, newest first (background reconciliations appear with method ``RECONCILE``)."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise ApiError(422, "validation_error", f"{name} needs a time zone (RFC 3339)")
     stmt = (
         repo.scoped(RequestLog)
         .order_by(RequestLog.created_at.desc(), RequestLog.id.desc())

@@ -35,7 +35,7 @@ class Problem(BaseModel):
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
-        400: "Bad request",
+        400: "Bad request (e.g. an invalid `Idempotency-Key`)",
         401: "Missing, wrong or revoked API key (`unauthenticated`)",
         403: "Forbidden",
         404: "`connection_not_found` or `not_found`",
@@ -61,7 +61,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 AUTH_ERRORS = problem_responses(401, 413, 422)
 CONNECTION_ERRORS = problem_responses(401, 404, 409, 413, 422, 429, 502, 503, 504)
 UNIFIED_READ_ERRORS = problem_responses(401, 404, 409, 422, 429, 501, 502, 503, 504)
-UNIFIED_WRITE_ERRORS = problem_responses(401, 404, 409, 413, 422, 429, 501, 502, 503, 504)
+UNIFIED_WRITE_ERRORS = problem_responses(400, 401, 404, 409, 413, 422, 429, 501, 502, 503, 504)
 
 
 class TenantCreate(BaseModel):

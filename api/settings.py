@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors.sage_accounting.config import SageAccountingApp
@@ -23,13 +23,36 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     public_url: str = "http://127.0.0.1:8000"
     redis_url: str | None = None
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
     log_level: str = "INFO"
     max_body_bytes: int = 1_048_576
     request_log_retention_days: int = 30
-    idempotency_retention_days: int = 7
+    idempotency_retention_days: int = Field(7, ge=7)
+    """``Idempotency-Key`` records are kept at least this long (CONTRACT §7: at least 7 days), then reaped."""
     oauth_state_ttl_seconds: int = 600
     upstream_timeout_seconds: float = 30.0
+    http_transport: Literal["httpx", "aiohttp"] = "httpx"
     reconciler_interval_seconds: float = 30.0
+    """How often the background reconciler finishes stale writes (0 turns it off)."""
+    write_lease_seconds: float = Field(30.0, gt=0)
+    """How long an in-flight write holds its ``Idempotency-Key`` without a heartbeat (renewed every third)."""
+    inline_reconcile_attempts: int = Field(1, ge=0)
+    """Extra calls with the same duplicate guard before a write answers 504 ``outcome_unknown``."""
+    reconciler_max_attempts: int = Field(50, ge=1)
+    """Attempts after which the reconciler stops retrying an intent (it stays ``unknown``, logged)."""
+    reaper_interval_seconds: float = 3600.0
+    """How often expired idempotency records and request-log rows are deleted (0 turns it off)."""
+
+    rate_limit_enabled: bool = True
+    rate_limit_policies: dict[str, dict[str, Any] | None] | None = None
+    """JSON ``{policy name: fields | null}`` over the defaults (see ``api/ratelimit/policies.py``)."""
+    rate_limit_concurrency_wait_seconds: float = 2.0
+    """How long a call waits for a concurrency slot before 429 (bounded: no unbounded queue)."""
+    rate_limit_default_retry_after_seconds: float = 30.0
+    """The wait assumed after an upstream 429 that carries no ``Retry-After`` (Sage documents none)."""
+    rate_limit_lease_seconds: float | None = None
+    """Lease of a concurrency slot (a crashed holder's slot frees after it); default 2× upstream timeout + 30 s."""
 
     sage_accounting_client_id: str = ""
     sage_accounting_client_secret: SecretStr = SecretStr("")

@@ -110,10 +110,39 @@ async def send(
     """Send ``request`` with the retry policy; return the final response (any status but retryable ones).
 
     Raises :class:`RateLimited` when the gate refuses or the upstream keeps answering 429,
-    :class:`OutcomeUnknown` when a write's fate is unknown, :class:`UpstreamTimeout` /
+    :class:`OutcomeUnknown` when a write's fate is unknown — also when a later attempt is refused or fails
+    after an earlier attempt of the same write may have landed — and :class:`UpstreamTimeout` /
     :class:`UpstreamUnavailable` for reads that could not complete.
     """
+    attempts = _Attempts()
+    try:
+        return await _attempt_all(
+            ctx, call, request, retry=retry, policy=policy, sleep=sleep, attempts=attempts
+        )
+    except (RateLimited, UpstreamUnavailable, UpstreamTimeout) as exc:
+        if retry != "read" and attempts.maybe_landed:
+            raise OutcomeUnknown(
+                f"An earlier attempt of {call.label} may have landed upstream; then: {exc.detail}",
+                upstream=exc.upstream,
+            ) from None
+        raise
 
+
+@dataclass
+class _Attempts:
+    maybe_landed: bool = False
+
+
+async def _attempt_all(
+    ctx: ConnectorContext,
+    call: UpstreamCall,
+    request: httpx.Request,
+    *,
+    retry: RetryMode,
+    policy: RetryPolicy,
+    sleep: bool,
+    attempts: _Attempts,
+) -> httpx.Response:
     attempt = 0
     while True:
         attempt += 1
@@ -144,6 +173,7 @@ async def send(
         last = attempt >= policy.max_attempts
         if error is not None:
             never_sent = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+            attempts.maybe_landed = attempts.maybe_landed or not never_sent
             if never_sent or retry == "read" or (retry == "guarded" and not last):
                 if not last:
                     if sleep:
@@ -174,6 +204,8 @@ async def send(
                     upstream=UpstreamInfo(call.provider, status, upstream_request_id(response.headers)),
                 )
             return response
+        if status != 429:
+            attempts.maybe_landed = True  # a 5xx/524 after sending: the write may have been applied
         too_long = retry_after is not None and retry_after > policy.max_retry_after
         if last or too_long:
             info = UpstreamInfo(call.provider, status, upstream_request_id(response.headers))

@@ -183,3 +183,32 @@ class RequestLog(Base):
     request_body: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     upstream_calls: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RateLimitBucket(Base):
+    """One partition of one rate-limit policy, shared by every gateway process (CONTRACT §7).
+
+    ``used`` counts calls in the fixed window starting at ``window_start`` (``quota`` is the policy's limit,
+    NULL for a concurrency policy); ``blocked_until`` is set from an upstream 429 or rate-limit header and
+    refuses every call of the partition until then.
+    """
+
+    __tablename__ = "rate_limit_buckets"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+    quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    blocked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RateLimitSlot(Base):
+    """One concurrency slot of a policy partition, leased by an in-flight upstream call until ``expires_at``
+    (a crashed holder's slot frees itself when the lease runs out)."""
+
+    __tablename__ = "rate_limit_slots"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -86,6 +86,7 @@ class Sims:
 @pytest.fixture
 def sims() -> Sims:
     from sandbox.sage_accounting import SageAccountingSimulator
+
     sage = SageAccountingSimulator()
     routes = [Mount("/sage-accounting", app=sage)]
     intacct: Any = None
@@ -143,7 +144,9 @@ class Gateway:
     async def sage_connection(self, key: str, *, user: str | None = None) -> dict[str, Any]:
         """Run the real OAuth flow against the simulator; returns the connection after the callback."""
         r = await self.client.post(
-            "/v1/connections", json={"provider": "sage_accounting"}, headers={"Authorization": f"Bearer {key}"}
+            "/v1/connections",
+            json={"provider": "sage_accounting"},
+            headers={"Authorization": f"Bearer {key}"},
         )
         assert r.status_code == 201, r.text
         url = r.json()["authorization_url"]
@@ -153,13 +156,18 @@ class Gateway:
         assert approve.status_code == 302, approve.text
         location = approve.headers["location"]
         assert location.startswith(GATEWAY)
-        callback = await self.client.get(location[len(GATEWAY):])
+        callback = await self.client.get(location[len(GATEWAY) :])
         assert callback.status_code == 200, callback.text
         body: dict[str, Any] = callback.json()
         return body
 
     async def intacct_connection(self, key: str, **credentials: Any) -> dict[str, Any]:
-        creds = {"company_id": "DEMO-CO", "user_id": "demo-user", "user_password": "demo-password", **credentials}
+        creds = {
+            "company_id": "DEMO-CO",
+            "user_id": "demo-user",
+            "user_password": "demo-password",
+            **credentials,
+        }
         r = await self.client.post(
             "/v1/connections",
             json={"provider": "sage_intacct", "credentials": creds},
@@ -178,7 +186,7 @@ async def gateway(database_url: str, sims: Sims) -> AsyncIterator[Gateway]:
     upstream = httpx.AsyncClient(transport=httpx.ASGITransport(app=sims.app), base_url=UPSTREAM)
     settings = gateway_settings(database_url)
     app = create_app(settings, http=upstream)
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=GATEWAY)
         async with client:
             yield Gateway(client, upstream, app, sims, settings)

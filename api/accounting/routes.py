@@ -7,16 +7,18 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+from starlette.responses import Response
 
 from api import writes
 from api.connections.service import build_connector, record_health
 from api.deps import Repo, app_state
 from api.errors import ApiError
+from api.idempotency import parse_key
 from api.schemas import UNIFIED_READ_ERRORS, UNIFIED_WRITE_ERRORS
 from connectors.base import Connector, ListQuery, Operation, Resource
-from connectors.errors import ConnectorError, UnsupportedOperation
+from connectors.errors import ConnectorError, Problem, UnsupportedOperation, ValidationFailed
 from connectors.models import (
     Account,
     Contact,
@@ -30,12 +32,14 @@ from connectors.models import (
     Page,
     TaxRate,
     ValidationReport,
+    journal_problems,
 )
 from models import Connection
 
 router = APIRouter(tags=["accounting"])
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 ConnectionHeader = Annotated[
     str, Header(alias="X-Connection-Id", max_length=64, description="The connection to use")
 ]
@@ -74,6 +78,9 @@ class Bound:
 def bound(resource: Resource, operation: Operation) -> Callable[..., Awaitable[Bound]]:
     async def dependency(request: Request, repo: Repo, x_connection_id: ConnectionHeader) -> Bound:
         connection = await repo.connection(x_connection_id)
+        # Hand the request's pooled connection back while the upstream call runs (the write path and health
+        # bookkeeping use short sessions of their own): a request never holds two pool connections at once.
+        await repo.session.commit()
         cls_supports = build_connector(app_state(request), connection)
         if not type(cls_supports).supports(resource, operation):
             raise UnsupportedOperation(
@@ -84,7 +91,7 @@ def bound(resource: Resource, operation: Operation) -> Callable[..., Awaitable[B
     return dependency
 
 
-def list_query(
+async def list_query(
     page_size: int = Query(50, ge=1, le=200),
     cursor: str | None = Query(None, max_length=4096),
     updated_since: dt.datetime | None = Query(
@@ -114,15 +121,122 @@ def _with_filters(query: ListQuery, b: Bound, resource: Resource, **filters: str
     return query.model_copy(update={"filters": given})
 
 
-def _render(model: BaseModel, include_raw: bool, status: int = 200) -> JSONResponse:
-    return JSONResponse(
-        model.model_dump(mode="json", exclude=None if include_raw else {"raw"}), status_code=status
+def _render(model: BaseModel, include_raw: bool, status: int = 200) -> Response:
+    # Serialized once, by pydantic's Rust core (no dict round trip through json.dumps).
+    body = model.model_dump_json(exclude=None if include_raw else {"raw"})
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _render_page(page: Page[Any], include_raw: bool) -> Response:
+    exclude: Any = None if include_raw else {"data": {"__all__": {"raw"}}}
+    return Response(page.model_dump_json(exclude=exclude), media_type="application/json")
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="1-255 printable ASCII characters (a UUID is recommended). A retry with the same key and "
+        "request gets the stored result with `Idempotent-Replayed: true` and is never executed twice; "
+        "kept at least 7 days.",
+    ),
+]
+
+
+async def _write(
+    b: Bound, operation: str, body: BaseModel, idempotency_key: str | None, record_id: str | None = None
+) -> Response:
+    return await writes.perform(
+        app_state(b.request),
+        b.connection,
+        b.connector,
+        operation,
+        body,
+        record_id=record_id,
+        idempotency_key=parse_key(idempotency_key),
     )
 
 
-def _render_page(page: Page[Any], include_raw: bool) -> JSONResponse:
-    exclude: Any = None if include_raw else {"data": {"__all__": {"raw"}}}
-    return JSONResponse(page.model_dump(mode="json", exclude=exclude))
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """Document a body that the route parses itself (to report every problem instead of a 422)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class _JournalDraft(JournalCreate):
+    """A journal whose balance is reported as problems by ``/validate`` rather than refused by the model."""
+
+    def _balanced(self) -> _JournalDraft:  # type: ignore[override]
+        return self
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(400, "invalid_json", "The body is not valid JSON") from None
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+def _without(raw: Any, loc: tuple[int | str, ...]) -> Any:
+    """``raw`` with the value at ``loc`` removed (an unknown field, reported as a problem)."""
+    if not loc:
+        return raw
+    head, rest = loc[0], loc[1:]
+    if isinstance(raw, dict) and isinstance(head, str) and head in raw:
+        return {k: (v if k != head else _without(v, rest)) for k, v in raw.items() if k != head or rest}
+    if isinstance(raw, list) and isinstance(head, int) and 0 <= head < len(raw):
+        return [_without(v, rest) if i == head else v for i, v in enumerate(raw)]
+    return raw
+
+
+def _draft(model: type[M], raw: Any) -> tuple[M | None, list[Problem]]:
+    """The body as ``model`` and every problem the unified model finds in it.
+
+    Unknown fields are reported as ``unsupported_field`` and left out, so the remaining checks still run and
+    the caller sees every problem at once; any other invalid field stops at the model's own checks.
+    """
+    try:
+        return model.model_validate(raw), []
+    except PydanticValidationError as exc:
+        errors = exc.errors()
+    unknown = [e["loc"] for e in errors if e.get("type") == "extra_forbidden"]
+    problems = [
+        Problem(_field(loc), "unsupported_field", "No such field in the unified model") for loc in unknown
+    ]
+    if len(unknown) == len(errors):
+        stripped = raw
+        for loc in unknown:
+            stripped = _without(stripped, loc)
+        if stripped != raw:
+            data, more = _draft(model, stripped)
+            return data, problems + more
+        return None, problems
+    problems += [
+        Problem(_field(e["loc"]), str(e.get("type", "value_error")), str(e.get("msg", "")))
+        for e in errors
+        if e.get("type") != "extra_forbidden"
+    ]
+    return None, problems
+
+
+async def _connector_problems(b: Bound, check: Callable[[], Awaitable[list[Problem]]]) -> list[Problem]:
+    """The connector's checks; a check that refuses the input outright counts as its problems."""
+    try:
+        return await b.call(check)
+    except ValidationFailed as exc:
+        return exc.problems or [Problem("body", exc.code, exc.detail)]
+
+
+def _report(problems: list[Problem]) -> ValidationReport:
+    unique = list(dict.fromkeys(problems))
+    return ValidationReport(valid=not unique, problems=[p.as_dict() for p in unique])
 
 
 # --- contacts --------------------------------------------------------------------------------------------
@@ -135,7 +249,7 @@ async def list_contacts(
     role: str | None = Query(None, pattern="^(customer|supplier)$"),
     email: str | None = Query(None, max_length=254),
     name: str | None = Query(None, max_length=200),
-) -> JSONResponse:
+) -> Response:
     q = _with_filters(query, b, Resource.contacts, role=role, email=email, name=name)
     return _render_page(await b.call(lambda: b.connector.list_contacts(q)), q.include_raw)
 
@@ -145,7 +259,7 @@ async def get_contact(
     record_id: str,
     b: Annotated[Bound, Depends(bound(Resource.contacts, Operation.get))],
     include_raw: bool = False,
-) -> JSONResponse:
+) -> Response:
     return _render(
         await b.call(lambda: b.connector.get_contact(record_id, include_raw=include_raw)), include_raw
     )
@@ -153,15 +267,11 @@ async def get_contact(
 
 @router.post("/v1/contacts", status_code=201, response_model=Contact, responses=UNIFIED_WRITE_ERRORS)
 async def create_contact(
-    body: ContactCreate, b: Annotated[Bound, Depends(bound(Resource.contacts, Operation.create))]
-) -> JSONResponse:
-    state = app_state(b.request)
-    result = await b.call(
-        lambda: writes.perform(
-            state, b.connection, "contacts.create", body, lambda w: b.connector.create_contact(body, w)
-        )
-    )
-    return _render(result, False, 201)
+    body: ContactCreate,
+    b: Annotated[Bound, Depends(bound(Resource.contacts, Operation.create))],
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await _write(b, "contacts.create", body, idempotency_key)
 
 
 @router.patch("/v1/contacts/{record_id}", response_model=Contact, responses=UNIFIED_WRITE_ERRORS)
@@ -169,19 +279,9 @@ async def update_contact(
     record_id: str,
     body: ContactUpdate,
     b: Annotated[Bound, Depends(bound(Resource.contacts, Operation.update))],
-) -> JSONResponse:
-    state = app_state(b.request)
-    result = await b.call(
-        lambda: writes.perform(
-            state,
-            b.connection,
-            "contacts.update",
-            body,
-            lambda w: b.connector.update_contact(record_id, body, w),
-            record_id=record_id,
-        )
-    )
-    return _render(result, False)
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await _write(b, "contacts.update", body, idempotency_key, record_id)
 
 
 # --- invoices --------------------------------------------------------------------------------------------
@@ -193,18 +293,26 @@ async def list_invoices(
     b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.list))],
     contact_id: str | None = Query(None, max_length=200),
     status: str | None = Query(None, pattern="^(draft|open|partially_paid|paid|void)$"),
-) -> JSONResponse:
+) -> Response:
     q = _with_filters(query, b, Resource.invoices, contact_id=contact_id, status=status)
     return _render_page(await b.call(lambda: b.connector.list_invoices(q)), q.include_raw)
 
 
-@router.post("/v1/invoices/validate", response_model=ValidationReport, responses=UNIFIED_WRITE_ERRORS)
+@router.post(
+    "/v1/invoices/validate",
+    response_model=ValidationReport,
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_request_body(InvoiceCreate),
+)
 async def validate_invoice(
-    body: InvoiceCreate, b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.validate))]
+    request: Request, b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.validate))]
 ) -> ValidationReport:
-    """Every check a post would make (balance, contact role, accounts, tax rates, dimensions); writes nothing."""
-    problems = await b.call(lambda: b.connector.validate_invoice(body))
-    return ValidationReport(valid=not problems, problems=[p.as_dict() for p in problems])
+    """Every check a post would make (fields, contact role, accounts, tax rates, dimensions), all problems at
+    once; writes nothing. An invalid body is a report (``valid: false``), not a 422."""
+    data, problems = _draft(InvoiceCreate, await _json(request))
+    if data is not None:
+        problems += await _connector_problems(b, lambda: b.connector.validate_invoice(data))
+    return _report(problems)
 
 
 @router.get("/v1/invoices/{record_id}", response_model=Invoice, responses=UNIFIED_READ_ERRORS)
@@ -212,7 +320,7 @@ async def get_invoice(
     record_id: str,
     b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.get))],
     include_raw: bool = False,
-) -> JSONResponse:
+) -> Response:
     return _render(
         await b.call(lambda: b.connector.get_invoice(record_id, include_raw=include_raw)), include_raw
     )
@@ -220,33 +328,21 @@ async def get_invoice(
 
 @router.post("/v1/invoices", status_code=201, response_model=Invoice, responses=UNIFIED_WRITE_ERRORS)
 async def create_invoice(
-    body: InvoiceCreate, b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.create))]
-) -> JSONResponse:
-    state = app_state(b.request)
-    result = await b.call(
-        lambda: writes.perform(
-            state, b.connection, "invoices.create", body, lambda w: b.connector.create_invoice(body, w)
-        )
-    )
-    return _render(result, False, 201)
+    body: InvoiceCreate,
+    b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.create))],
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await _write(b, "invoices.create", body, idempotency_key)
 
 
 @router.post("/v1/invoices/{record_id}/void", response_model=Invoice, responses=UNIFIED_WRITE_ERRORS)
 async def void_invoice(
-    record_id: str, body: InvoiceVoid, b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.void))]
-) -> JSONResponse:
-    state = app_state(b.request)
-    result = await b.call(
-        lambda: writes.perform(
-            state,
-            b.connection,
-            "invoices.void",
-            body,
-            lambda w: b.connector.void_invoice(record_id, body, w),
-            record_id=record_id,
-        )
-    )
-    return _render(result, False)
+    record_id: str,
+    body: InvoiceVoid,
+    b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.void))],
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await _write(b, "invoices.void", body, idempotency_key, record_id)
 
 
 # --- journals --------------------------------------------------------------------------------------------
@@ -255,17 +351,26 @@ async def void_invoice(
 @router.get("/v1/journals", response_model=Page[Journal], responses=UNIFIED_READ_ERRORS)
 async def list_journals(
     query: Listing, b: Annotated[Bound, Depends(bound(Resource.journals, Operation.list))]
-) -> JSONResponse:
+) -> Response:
     return _render_page(await b.call(lambda: b.connector.list_journals(query)), query.include_raw)
 
 
-@router.post("/v1/journals/validate", response_model=ValidationReport, responses=UNIFIED_WRITE_ERRORS)
+@router.post(
+    "/v1/journals/validate",
+    response_model=ValidationReport,
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_request_body(JournalCreate),
+)
 async def validate_journal(
-    body: JournalCreate, b: Annotated[Bound, Depends(bound(Resource.journals, Operation.validate))]
+    request: Request, b: Annotated[Bound, Depends(bound(Resource.journals, Operation.validate))]
 ) -> ValidationReport:
-    """Every check a post would make; writes nothing."""
-    problems = await b.call(lambda: b.connector.validate_journal(body))
-    return ValidationReport(valid=not problems, problems=[p.as_dict() for p in problems])
+    """Every check a post would make (balance to the cent, fields the provider cannot carry, accounts,
+    dimensions), all problems at once; writes nothing."""
+    data, problems = _draft(_JournalDraft, await _json(request))
+    if data is not None:
+        problems += [Problem(f, c, m) for f, c, m in journal_problems(data.lines)]
+        problems += await _connector_problems(b, lambda: b.connector.validate_journal(data))
+    return _report(problems)
 
 
 @router.get("/v1/journals/{record_id}", response_model=Journal, responses=UNIFIED_READ_ERRORS)
@@ -273,7 +378,7 @@ async def get_journal(
     record_id: str,
     b: Annotated[Bound, Depends(bound(Resource.journals, Operation.get))],
     include_raw: bool = False,
-) -> JSONResponse:
+) -> Response:
     return _render(
         await b.call(lambda: b.connector.get_journal(record_id, include_raw=include_raw)), include_raw
     )
@@ -281,15 +386,11 @@ async def get_journal(
 
 @router.post("/v1/journals", status_code=201, response_model=Journal, responses=UNIFIED_WRITE_ERRORS)
 async def create_journal(
-    body: JournalCreate, b: Annotated[Bound, Depends(bound(Resource.journals, Operation.create))]
-) -> JSONResponse:
-    state = app_state(b.request)
-    result = await b.call(
-        lambda: writes.perform(
-            state, b.connection, "journals.create", body, lambda w: b.connector.create_journal(body, w)
-        )
-    )
-    return _render(result, False, 201)
+    body: JournalCreate,
+    b: Annotated[Bound, Depends(bound(Resource.journals, Operation.create))],
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await _write(b, "journals.create", body, idempotency_key)
 
 
 # --- reference data --------------------------------------------------------------------------------------
@@ -298,12 +399,12 @@ async def create_journal(
 @router.get("/v1/accounts", response_model=Page[Account], responses=UNIFIED_READ_ERRORS)
 async def list_accounts(
     query: Listing, b: Annotated[Bound, Depends(bound(Resource.accounts, Operation.list))]
-) -> JSONResponse:
+) -> Response:
     return _render_page(await b.call(lambda: b.connector.list_accounts(query)), query.include_raw)
 
 
 @router.get("/v1/tax-rates", response_model=Page[TaxRate], responses=UNIFIED_READ_ERRORS)
 async def list_tax_rates(
     query: Listing, b: Annotated[Bound, Depends(bound(Resource.tax_rates, Operation.list))]
-) -> JSONResponse:
+) -> Response:
     return _render_page(await b.call(lambda: b.connector.list_tax_rates(query)), query.include_raw)

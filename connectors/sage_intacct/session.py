@@ -606,7 +606,8 @@ class IntacctClient:
                 raise UpstreamError(
                     "The company has not authorized the gateway's Web Services sender id", upstream=info
                 )
-            raise UpstreamError("Sage Intacct refused the renewed API session", upstream=info)
+            # Nothing ran (authentication failed before any function): a transient refusal, not a final answer.
+            raise UpstreamUnavailable("Sage Intacct refused the renewed API session", upstream=info)
         if len(parsed.results) != len(functions):
             raise UpstreamError(
                 f"Sage Intacct answered {len(parsed.results)} results to {len(functions)} functions",

@@ -10,6 +10,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+import httpx
 from lxml import etree
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,7 +43,7 @@ _CONFIG_KEYS = {
 }
 
 
-class SimulatedConnectionDrop(Exception):
+class SimulatedConnectionDrop(httpx.RemoteProtocolError):
     """Raised after a partial response to drop the connection (fault ``drop_after_commit``).
 
     Under uvicorn the partial body with a larger Content-Length makes clients raise

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +44,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def running(args: list[str], env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         yield proc
     finally:
@@ -69,33 +72,51 @@ def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 30) -> Non
 
 
 def test_tenants_create_prints_the_key_once(tmp_path: Path) -> None:
-    out = subprocess.run([*CLI, "tenants", "create", "acme"], env=_env(tmp_path), cwd=REPO,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*CLI, "tenants", "create", "acme"],
+        env=_env(tmp_path),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     created = json.loads(out.stdout)
     assert created["name"] == "acme" and created["api_key"].startswith("lb_")
     assert "only once" in out.stderr
-    again = subprocess.run([*CLI, "db", "upgrade"], env=_env(tmp_path), cwd=REPO, capture_output=True, text=True,
-                           check=True)
+    again = subprocess.run(
+        [*CLI, "db", "upgrade"], env=_env(tmp_path), cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert "head" in again.stdout
 
 
 def test_openapi_command_prints_the_committed_spec(tmp_path: Path) -> None:
-    out = subprocess.run([*CLI, "openapi"], env=_env(tmp_path), cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*CLI, "openapi"], env=_env(tmp_path), cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert out.stdout == (REPO / "openapi" / "openapi.json").read_text()
 
 
 def test_production_refuses_to_start_without_a_keyring(tmp_path: Path) -> None:
     env = _env(tmp_path, LEDGERBRIDGE_ENV="production")
     del env["LEDGERBRIDGE_KEYRING"], env["LEDGERBRIDGE_ACTIVE_KEY_ID"]
-    out = subprocess.run([*CLI, "serve", "--port", str(free_port())], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*CLI, "serve", "--port", str(free_port())],
+        check=False,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0
     assert "LEDGERBRIDGE_KEYRING" in out.stdout + out.stderr
     assert not (tmp_path / ".ledgerbridge").exists()
 
 
 def test_serve_refuses_a_keyring_missing_a_stored_key_id(tmp_path: Path) -> None:
-    subprocess.run([*CLI, "tenants", "create", "acme"], env=_env(tmp_path), cwd=REPO, capture_output=True, check=True)
+    subprocess.run(
+        [*CLI, "tenants", "create", "acme"], env=_env(tmp_path), cwd=REPO, capture_output=True, check=True
+    )
     import asyncio
 
     from api.connections.store import write_secrets
@@ -112,14 +133,23 @@ def test_serve_refuses_a_keyring_missing_a_stored_key_id(tmp_path: Path) -> None
             conn = Connection(tenant_id=tenant.id, provider="sage_accounting", status="active", settings={})
             session.add(conn)
             await session.flush()
-            await write_secrets(session, Keyring.from_json(TEST_KEYRING, "k1"), conn, {"refresh_token": "r"}, None)
+            await write_secrets(
+                session, Keyring.from_json(TEST_KEYRING, "k1"), conn, {"refresh_token": "r"}, None
+            )
         await db.dispose()
 
     asyncio.run(seed())
     other = '{"k2": "' + "A" * 43 + '="}'
     env = _env(tmp_path, LEDGERBRIDGE_KEYRING=other, LEDGERBRIDGE_ACTIVE_KEY_ID="k2")
-    out = subprocess.run([*CLI, "serve", "--port", str(free_port())], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*CLI, "serve", "--port", str(free_port())],
+        check=False,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0
     assert "missing from the keyring" in out.stdout + out.stderr
 
@@ -142,18 +172,21 @@ def test_sandbox_prints_a_key_and_a_working_curl(tmp_path: Path) -> None:
     del env["LEDGERBRIDGE_DATABASE_URL"]
     with running([*CLI, "sandbox", "--port", str(port)], env, tmp_path) as proc:
         assert proc.stdout is not None
-        text = ""
+        lines: list[str] = []
+        # A reader thread: the process's pipe is buffered, so select() on it can miss lines already read.
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        reader.start()
         deadline = time.monotonic() + 60
-        while "curl" not in text and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            text += line
-        for _ in range(4):
-            text += proc.stdout.readline()
-        curls = re.findall(r"curl -s (\S+) -H 'Authorization: Bearer (\S+)' -H 'X-Connection-Id: (\S+)'", text)
+        while "".join(lines).count("curl -s") < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        text = "".join(lines)
+        curls = re.findall(
+            r"curl -s (\S+) -H 'Authorization: Bearer (\S+)' -H 'X-Connection-Id: (\S+)'", text
+        )
         assert len(curls) == 2, text
         for url, key, conn in curls:
-            r = httpx.get(url, headers={"Authorization": f"Bearer {key}", "X-Connection-Id": conn}, timeout=30)
+            r = httpx.get(
+                url, headers={"Authorization": f"Bearer {key}", "X-Connection-Id": conn}, timeout=30
+            )
             assert r.status_code == 200, r.text
             assert r.json()["data"], r.text

@@ -24,8 +24,13 @@ async def test_providers_lists_capabilities(gateway: Gateway) -> None:
     providers = {p["name"]: p for p in r.json()["data"]}
     assert set(providers) == {"sage_accounting", "sage_intacct"}
     resources = {c["resource"]: c for c in providers["sage_accounting"]["capabilities"]}
-    assert "create" in resources["invoices"]["operations"] and "updated_since" in resources["contacts"]["filters"]
-    assert providers["sage_intacct"]["credentials_schema"]["properties"]["user_password"]["format"] == "password"
+    assert (
+        "create" in resources["invoices"]["operations"]
+        and "updated_since" in resources["contacts"]["filters"]
+    )
+    assert (
+        providers["sage_intacct"]["credentials_schema"]["properties"]["user_password"]["format"] == "password"
+    )
 
 
 async def test_sage_connect_flow_with_pkce_and_single_business(gateway: Gateway) -> None:
@@ -46,7 +51,11 @@ async def test_sage_connect_flow_with_pkce_and_single_business(gateway: Gateway)
     assert conn["health"]["credentials_expire_at"] is not None
     assert "token" not in callback.text.replace("refresh_token_expires", "")
     async with gateway.app.state.lb.db.sessions() as session:
-        rows = list((await session.execute(select(Credential).where(Credential.connection_id == conn["id"]))).scalars())
+        rows = list(
+            (
+                await session.execute(select(Credential).where(Credential.connection_id == conn["id"]))
+            ).scalars()
+        )
     assert {r.field for r in rows} >= {"access_token", "refresh_token"}
     assert all(r.ciphertext.startswith("v1.k1.") for r in rows)
 
@@ -66,7 +75,9 @@ async def test_unknown_and_expired_state_are_refused(gateway: Gateway) -> None:
     conn_id = r.json()["id"]
     approve = await gateway.upstream.get(r.json()["authorization_url"])
     async with gateway.app.state.lb.db.session() as session:
-        await session.execute(update(OAuthState).values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
+        await session.execute(
+            update(OAuthState).values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
     r = await gateway.client.get(approve.headers["location"].removeprefix(GATEWAY))
     assert r.status_code == 400
     conn = await gateway.client.get(f"/v1/connections/{conn_id}", headers=auth(key))
@@ -83,9 +94,13 @@ async def test_several_businesses_wait_for_a_pick(gateway: Gateway) -> None:
     assert len(businesses) == 2
     r = await gateway.client.get("/v1/contacts", headers=auth(key, conn["id"]))
     assert r.status_code == 409 and r.json()["code"] == "business_selection_required"
-    r = await gateway.client.patch(f"/v1/connections/{conn['id']}", json={"business_id": "not-mine"}, headers=auth(key))
+    r = await gateway.client.patch(
+        f"/v1/connections/{conn['id']}", json={"business_id": "not-mine"}, headers=auth(key)
+    )
     assert r.status_code == 422
-    r = await gateway.client.patch(f"/v1/connections/{conn['id']}", json={"business_id": businesses[1]}, headers=auth(key))
+    r = await gateway.client.patch(
+        f"/v1/connections/{conn['id']}", json={"business_id": businesses[1]}, headers=auth(key)
+    )
     assert r.status_code == 200 and r.json()["status"] == "active"
     r = await gateway.client.get("/v1/contacts", headers=auth(key, conn["id"]))
     assert r.status_code == 200, r.text
@@ -110,15 +125,22 @@ async def test_intacct_bad_credentials_store_nothing(gateway: Gateway) -> None:
     key = await gateway.tenant()
     r = await gateway.client.post(
         "/v1/connections",
-        json={"provider": "sage_intacct", "credentials": {"company_id": "DEMO-CO", "user_id": "demo-user",
-                                                           "user_password": "wrong-password"}},
+        json={
+            "provider": "sage_intacct",
+            "credentials": {
+                "company_id": "DEMO-CO",
+                "user_id": "demo-user",
+                "user_password": "wrong-password",
+            },
+        },
         headers=auth(key),
     )
     assert r.status_code == 422, r.text
     assert "wrong-password" not in r.text
     assert await _count(gateway, Connection) == 0 and await _count(gateway, Credential) == 0
     r = await gateway.client.post(
-        "/v1/connections", json={"provider": "sage_intacct", "credentials": {"company_id": "DEMO-CO"}},
+        "/v1/connections",
+        json={"provider": "sage_intacct", "credentials": {"company_id": "DEMO-CO"}},
         headers=auth(key),
     )
     assert r.status_code == 422 and {e["field"] for e in r.json()["errors"]} >= {"credentials.user_id"}
@@ -161,7 +183,9 @@ async def test_connections_list_pages(gateway: Gateway) -> None:
     key = await gateway.tenant()
     ids = set()
     for _ in range(3):
-        r = await gateway.client.post("/v1/connections", json={"provider": "sage_accounting"}, headers=auth(key))
+        r = await gateway.client.post(
+            "/v1/connections", json={"provider": "sage_accounting"}, headers=auth(key)
+        )
         ids.add(r.json()["id"])
     seen: list[str] = []
     cursor = None

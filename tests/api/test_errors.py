@@ -31,7 +31,9 @@ async def test_unknown_fields_and_wrong_types_are_refused(gateway: Gateway) -> N
 async def test_oversized_body_is_413_and_changes_nothing(gateway: Gateway) -> None:
     key = await gateway.tenant()
     big = b'{"name": "' + b"x" * (gateway.settings.max_body_bytes + 10) + b'"}'
-    r = await gateway.client.post("/v1/api-keys", content=big, headers={**auth(key), "Content-Type": "application/json"})
+    r = await gateway.client.post(
+        "/v1/api-keys", content=big, headers={**auth(key), "Content-Type": "application/json"}
+    )
     assert r.status_code == 413
     assert r.json()["code"] == "payload_too_large"
     listed = (await gateway.client.get("/v1/api-keys", headers=auth(key))).json()["data"]

@@ -68,14 +68,14 @@ async def test_other_tenant_gets_connection_not_found_everywhere(gateway: Gatewa
     assert a_requests
     before = _upstream_calls(gateway)
 
-    checked = 0
-    for method, template, body in UNIFIED + CONNECTION_ROUTES:
+    for checked, (method, template, body) in enumerate(UNIFIED + CONNECTION_ROUTES):
         path = template.format(conn=conn["id"], rid=record_id)
-        headers = auth(b, conn["id"], **({"Idempotency-Key": f"iso-{checked}"} if method in ("POST", "PATCH") else {}))
+        headers = auth(
+            b, conn["id"], **({"Idempotency-Key": f"iso-{checked}"} if method in ("POST", "PATCH") else {})
+        )
         r = await gateway.client.request(method, path, json=body, headers=headers)
         assert r.status_code == 404, (method, path, r.status_code, r.text)
         assert r.json()["code"] == "connection_not_found", (method, path)
-        checked += 1
     for suffix in ("contacts", "contacts?x=1"):
         r = await gateway.client.get(f"/v1/proxy/{suffix}", headers=auth(b, conn["id"]))
         assert r.status_code == 404 and r.json()["code"] == "connection_not_found"
@@ -85,6 +85,8 @@ async def test_other_tenant_gets_connection_not_found_everywhere(gateway: Gatewa
     assert r.status_code == 404
     r = await gateway.client.get("/v1/requests", params={"connection_id": conn["id"]}, headers=auth(b))
     assert r.status_code == 200 and all(item["connection_id"] != conn["id"] for item in r.json()["data"])
-    assert conn["id"] not in [c["id"] for c in (await gateway.client.get("/v1/connections", headers=auth(b))).json()["data"]]
+    assert conn["id"] not in [
+        c["id"] for c in (await gateway.client.get("/v1/connections", headers=auth(b))).json()["data"]
+    ]
     still = await gateway.client.get(f"/v1/connections/{conn['id']}", headers=auth(a))
     assert still.status_code == 200 and still.json()["status"] == "active"

@@ -26,7 +26,9 @@ async def _seed(db: Database, keyring: Keyring, connections: int) -> list[str]:
             conn = Connection(tenant_id=tenant.id, provider="sage_accounting", status="active", settings={})
             session.add(conn)
             await session.flush()
-            await write_secrets(session, keyring, conn, {"access_token": f"at-{i}", "refresh_token": f"rt-{i}"}, None)
+            await write_secrets(
+                session, keyring, conn, {"access_token": f"at-{i}", "refresh_token": f"rt-{i}"}, None
+            )
             ids.append(conn.id)
     return ids
 
@@ -69,7 +71,9 @@ async def test_rotation_keeps_concurrent_writes(database_url: str) -> None:
                 async with db.session() as session:
                     conn = await session.get(Connection, cid)
                     assert conn is not None
-                    await write_secrets(session, both, conn, {"access_token": f"fresh-{i}", "refresh_token": f"r2-{i}"}, None)
+                    await write_secrets(
+                        session, both, conn, {"access_token": f"fresh-{i}", "refresh_token": f"r2-{i}"}, None
+                    )
                 await asyncio.sleep(0)
 
         await asyncio.gather(rotate(db, both, batch_size=2), refresh_all())

@@ -37,10 +37,14 @@ async def test_tampered_ciphertext_is_a_clear_problem_and_changes_nothing(gatewa
     conn = await gateway.sage_connection(key)
     gateway.app.state.lb.secret_cache.forget(conn["id"])
     async with gateway.app.state.lb.db.session() as session:
-        row = (await session.execute(select(Credential).where(Credential.field == "access_token"))).scalar_one()
+        row = (
+            await session.execute(select(Credential).where(Credential.field == "access_token"))
+        ).scalar_one()
         tampered = row.ciphertext[:-3] + ("AAA" if not row.ciphertext.endswith("AAA") else "BBB")
         await session.execute(update(Credential).where(Credential.id == row.id).values(ciphertext=tampered))
-        await session.execute(update(Credential).where(Credential.connection_id == conn["id"]).values(updated_at=row.updated_at))
+        await session.execute(
+            update(Credential).where(Credential.connection_id == conn["id"]).values(updated_at=row.updated_at)
+        )
     calls = sum(gateway.sims.sage.faults.calls.values())
     r = await gateway.client.get("/v1/contacts", headers=auth(key, conn["id"]))
     assert r.status_code == 409 and r.json()["code"] == "credentials_unreadable"

@@ -41,8 +41,13 @@ async def test_api_keys_create_list_revoke(gateway: Gateway) -> None:
 
 async def test_wrong_missing_and_malformed_keys_are_401(gateway: Gateway) -> None:
     key = await gateway.tenant()
-    for headers in ({}, {"Authorization": "Bearer lb_nope"}, {"Authorization": key},
-                    {"Authorization": f"Bearer {key}x"}, {"Authorization": "Bearer " + "lb_" + "a" * 500}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer lb_nope"},
+        {"Authorization": key},
+        {"Authorization": f"Bearer {key}x"},
+        {"Authorization": "Bearer " + "lb_" + "a" * 500},
+    ):
         r = await gateway.client.get("/v1/connections", headers=headers)
         assert r.status_code == 401, headers
         body = r.json()

@@ -11,7 +11,9 @@ from tests.conftest import Gateway, auth
 
 async def _connect(gateway: Gateway, provider: str) -> tuple[str, str]:
     key = await gateway.tenant()
-    conn = await (gateway.sage_connection(key) if provider == "sage_accounting" else gateway.intacct_connection(key))
+    conn = await (
+        gateway.sage_connection(key) if provider == "sage_accounting" else gateway.intacct_connection(key)
+    )
     return key, conn["id"]
 
 
@@ -40,7 +42,9 @@ async def test_contacts_page_through_every_record_once(gateway: Gateway, provide
     assert len(seen) == len(set(seen)) >= 3
     everything = await gateway.client.get("/v1/contacts", params={"page_size": 200}, headers=auth(key, conn))
     assert sorted(seen) == sorted(c["id"] for c in everything.json()["data"])
-    one = await gateway.client.get(f"/v1/contacts/{seen[0]}", params={"include_raw": "true"}, headers=auth(key, conn))
+    one = await gateway.client.get(
+        f"/v1/contacts/{seen[0]}", params={"include_raw": "true"}, headers=auth(key, conn)
+    )
     assert one.status_code == 200 and one.json()["raw"]
 
 
@@ -66,9 +70,14 @@ async def test_journal_round_trip_and_balance(gateway: Gateway, provider: str) -
     floats = {**journal, "lines": [{**journal["lines"][0], "debit": 10.1}, journal["lines"][1]]}
     r = await gateway.client.post("/v1/journals", json=floats, headers=auth(key, conn))
     assert r.status_code == 422 and r.json()["code"] == "validation_error"
-    assert sum(gateway.sims.sage.faults.calls.values()) + sum(gateway.sims.intacct.faults.calls.values()) == calls
+    assert (
+        sum(gateway.sims.sage.faults.calls.values()) + sum(gateway.sims.intacct.faults.calls.values())
+        == calls
+    )
 
-    r = await gateway.client.post("/v1/journals", json=journal, headers=auth(key, conn, **{"Idempotency-Key": "uni-jnl-1"}))
+    r = await gateway.client.post(
+        "/v1/journals", json=journal, headers=auth(key, conn, **{"Idempotency-Key": "uni-jnl-1"})
+    )
     assert r.status_code == 201, r.text
     created = r.json()
     debits = sum(float(line["debit"]) for line in created["lines"])
@@ -86,8 +95,13 @@ async def test_unsupported_operation_is_501(gateway: Gateway) -> None:
 
 async def test_list_parameters_are_validated(gateway: Gateway) -> None:
     key, conn = await _connect(gateway, "sage_accounting")
-    for params in ({"page_size": 0}, {"page_size": 201}, {"updated_since": "2026-01-01T00:00:00"},
-                   {"updated_since": "yesterday"}, {"role": "boss"}):
+    for params in (
+        {"page_size": 0},
+        {"page_size": 201},
+        {"updated_since": "2026-01-01T00:00:00"},
+        {"updated_since": "yesterday"},
+        {"role": "boss"},
+    ):
         r = await gateway.client.get("/v1/contacts", params=params, headers=auth(key, conn))
         assert r.status_code == 422, params
         assert r.headers["content-type"] == "application/problem+json"
@@ -97,7 +111,11 @@ async def test_list_parameters_are_validated(gateway: Gateway) -> None:
 
 async def test_updated_since_filters(gateway: Gateway) -> None:
     key, conn = await _connect(gateway, "sage_accounting")
-    r = await gateway.client.get("/v1/contacts", params={"updated_since": "2100-01-01T00:00:00Z"}, headers=auth(key, conn))
+    r = await gateway.client.get(
+        "/v1/contacts", params={"updated_since": "2100-01-01T00:00:00Z"}, headers=auth(key, conn)
+    )
     assert r.status_code == 200 and r.json()["data"] == []
-    r = await gateway.client.get("/v1/contacts", params={"updated_since": "2000-01-01T00:00:00Z"}, headers=auth(key, conn))
+    r = await gateway.client.get(
+        "/v1/contacts", params={"updated_since": "2000-01-01T00:00:00Z"}, headers=auth(key, conn)
+    )
     assert r.status_code == 200 and r.json()["data"]

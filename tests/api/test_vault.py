@@ -76,8 +76,13 @@ def test_old_keys_still_decrypt_after_switching_active() -> None:
 
 @pytest.mark.parametrize(
     ("keyring", "active"),
-    [("not json", None), ("{}", None), (json.dumps({"a": base64.b64encode(b"short").decode()}), "a"),
-     (json.dumps({"a": K1}), "missing"), (json.dumps({"a": K1, "b": K2}), None)],
+    [
+        ("not json", None),
+        ("{}", None),
+        (json.dumps({"a": base64.b64encode(b"short").decode()}), "a"),
+        (json.dumps({"a": K1}), "missing"),
+        (json.dumps({"a": K1, "b": K2}), None),
+    ],
 )
 def test_bad_keyrings_are_refused(keyring: str, active: str | None) -> None:
     with pytest.raises(KeyringError):
@@ -90,7 +95,9 @@ def test_production_refuses_to_start_without_keyring(tmp_path: Path) -> None:
     assert not (tmp_path / "k.json").exists()
 
 
-def test_development_key_file_is_made_once_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_development_key_file_is_made_once_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "dev" / "keyring.json"
     with caplog.at_level(logging.WARNING):
         first = load_keyring(None, None, env="development", dev_key_file=str(path))

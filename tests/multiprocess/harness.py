@@ -74,13 +74,17 @@ def processes() -> Iterator[Processes]:
 
 @contextmanager
 def postgres_database(base_url: str) -> Iterator[str]:
-    admin = create_engine(make_url(base_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        make_url(base_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
     name = f"lbmp_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(base_url).set(drivername="postgresql+psycopg", database=name).render_as_string(
-            hide_password=False
+        yield (
+            make_url(base_url)
+            .set(drivername="postgresql+psycopg", database=name)
+            .render_as_string(hide_password=False)
         )
     finally:
         with admin.connect() as conn:
@@ -88,7 +92,9 @@ def postgres_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def gateway_env(database_url: str, *, sage: str | None = None, intacct: str | None = None, **extra: str) -> dict[str, str]:
+def gateway_env(
+    database_url: str, *, sage: str | None = None, intacct: str | None = None, **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERBRIDGE_")}
     env.update(
         {
@@ -128,17 +134,35 @@ def serve_args(port: int) -> list[str]:
 
 
 def sim_args(module: str, port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
+    return [
+        sys.executable,
+        "-m",
+        module,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 def connect_sage(gateway: str, sim: str) -> tuple[str, str]:
     """A tenant and an active Sage Accounting connection, through the real OAuth flow."""
     with httpx.Client(timeout=30) as client:
-        r = client.post(f"{gateway}/v1/admin/tenants", json={"name": "mp"}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        r = client.post(
+            f"{gateway}/v1/admin/tenants",
+            json={"name": "mp"},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
         r.raise_for_status()
         key = r.json()["api_key"]
-        r = client.post(f"{gateway}/v1/connections", json={"provider": "sage_accounting"},
-                        headers={"Authorization": f"Bearer {key}"})
+        r = client.post(
+            f"{gateway}/v1/connections",
+            json={"provider": "sage_accounting"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
         r.raise_for_status()
         approve = client.get(r.json()["authorization_url"])
         callback = client.get(approve.headers["location"])

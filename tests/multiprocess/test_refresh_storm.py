@@ -43,7 +43,11 @@ def test_one_refresh_across_four_replicas() -> None:
         # The moment of expiry: the stored token is past its time and the upstream no longer accepts it.
         engine = create_engine(sync_url(db_url))
         with engine.begin() as c:
-            c.execute(update(Connection).values(credentials_expire_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
+            c.execute(
+                update(Connection).values(
+                    credentials_expire_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+                )
+            )
         engine.dispose()
         httpx.post(f"{sim}/_sim/expire-tokens").raise_for_status()
         httpx.delete(f"{sim}/_sim/counters").raise_for_status()
@@ -53,7 +57,11 @@ def test_one_refresh_across_four_replicas() -> None:
             async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as client:
                 return await asyncio.gather(
                     *(
-                        client.get(f"http://127.0.0.1:{ports[i % 4]}/v1/contacts", params={"page_size": 5}, headers=headers)
+                        client.get(
+                            f"http://127.0.0.1:{ports[i % 4]}/v1/contacts",
+                            params={"page_size": 5},
+                            headers=headers,
+                        )
                         for i in range(100)
                     )
                 )

@@ -1,0 +1,1 @@
+"""LedgerBridge benchmarks (issue #8): `python -m bench --help`. Not tests: see docs/benchmarks.md."""

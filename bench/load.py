@@ -1,0 +1,263 @@
+"""Load generation: ``wrk`` (native, the real numbers) or a small httpx loop (smoke mode, no wrk needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+WRK_HINT = (
+    "wrk (a native HTTP load generator) is not installed. Install it with `apt-get install -y wrk` "
+    "(Debian/Ubuntu; run as root or with sudo), `brew install wrk` (macOS), or build it from "
+    "https://github.com/wg/wrk; or run `python -m bench --smoke`, which needs no wrk."
+)
+
+
+class WrkMissing(RuntimeError):
+    pass
+
+
+@dataclass
+class Target:
+    """One HTTP call to repeat."""
+
+    url: str
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    expect: int = 200
+
+
+@dataclass
+class LoadResult:
+    tool: str
+    connections: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: int
+    statuses: dict[int, int] = field(default_factory=dict)
+    cpu_ms: float | None = None
+    """CPU time (user + system) the measured server process tree spent per answered call."""
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "connections": self.connections,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.p50_ms, 3),
+            "p90_ms": round(self.p90_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+            "errors": self.errors,
+            "cpu_ms_per_call": None if self.cpu_ms is None else round(self.cpu_ms, 3),
+        }
+
+
+def wrk_path() -> str | None:
+    return shutil.which("wrk")
+
+
+def ensure_wrk(*, install: bool) -> str:
+    """The path of ``wrk``; installs it with apt when allowed and running as root, else explains how."""
+    path = wrk_path()
+    if path:
+        return path
+    if install and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is missing: installing it with `apt-get install -y wrk` …", flush=True)
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "wrk"], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            subprocess.run(["apt-get", "update"], capture_output=True, check=False)
+            subprocess.run(["apt-get", "install", "-y", "wrk"], capture_output=True, check=False)
+        path = wrk_path()
+        if path:
+            return path
+    raise WrkMissing(WRK_HINT)
+
+
+def _lua_string(value: str) -> str:
+    if not value.isascii():
+        raise ValueError("wrk scripts here carry ASCII only (Lua 5.1 strings have no \\u escapes)")
+    return json.dumps(value)
+
+
+def _wrk_script(target: Target) -> str:
+    lines = [f"wrk.method = {_lua_string(target.method)}"]
+    if target.body is not None:
+        lines.append(f"wrk.body = {_lua_string(target.body.decode())}")
+    for name, value in target.headers.items():
+        lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
+    lines.append(
+        """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH_JSON {\\"requests\\": %d, \\"duration_us\\": %d, \\"p50_us\\": %d, \\"p90_us\\": %d, "
+    .. "\\"p99_us\\": %d, \\"errors\\": %d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+    )
+    return "\n".join(lines)
+
+
+def run_wrk(target: Target, *, connections: int, duration: float, threads: int = 1) -> LoadResult:
+    """``wrk`` for ``duration`` seconds; non-2xx/3xx answers and socket errors count as errors."""
+    wrk = ensure_wrk(install=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_wrk_script(target))
+    try:
+        out = subprocess.run(
+            [
+                wrk,
+                "-t",
+                str(min(threads, connections)),
+                "-c",
+                str(connections),
+                "-d",
+                f"{max(1, round(duration))}s",
+                "--timeout",
+                "30s",
+                "-s",
+                script.name,
+                target.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 90,
+            check=False,
+        )
+    finally:
+        os.unlink(script.name)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr[-1000:]} {out.stdout[-1000:]}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    return LoadResult(
+        tool="wrk",
+        connections=connections,
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        errors=data["errors"],
+    )
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of ``values`` (0 for none)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+async def run_httpx(
+    target: Target, *, connections: int, requests: int | None = None, duration: float | None = None
+) -> LoadResult:
+    """``connections`` workers repeating ``target`` until ``requests`` are done or ``duration`` passed."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    issued = 0
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    started = time.perf_counter()
+    deadline = started + duration if duration is not None else math.inf
+
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+
+        async def worker() -> None:
+            nonlocal errors, issued
+            while time.perf_counter() < deadline and (requests is None or issued < requests):
+                issued += 1
+                t0 = time.perf_counter()
+                try:
+                    r = await client.request(
+                        target.method, target.url, headers=target.headers, content=target.body
+                    )
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - t0) * 1000)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if r.status_code != target.expect:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    return LoadResult(
+        tool="httpx",
+        connections=connections,
+        requests=len(latencies),
+        seconds=time.perf_counter() - started,
+        p50_ms=percentile(latencies, 50),
+        p90_ms=percentile(latencies, 90),
+        p99_ms=percentile(latencies, 99),
+        errors=errors,
+        statuses=statuses,
+    )
+
+
+def burst_client(count: int) -> httpx.AsyncClient:
+    """A client able to hold ``count`` connections open at once (for :func:`burst`)."""
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    return httpx.AsyncClient(limits=limits, timeout=120.0)
+
+
+async def burst(client: httpx.AsyncClient, target: Target, count: int) -> LoadResult:
+    """``count`` calls released at once; a second burst on the same client reuses warm connections."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    gate = asyncio.Event()
+
+    async def one() -> None:
+        nonlocal errors
+        await gate.wait()
+        t0 = time.perf_counter()
+        try:
+            r = await client.request(target.method, target.url, headers=target.headers, content=target.body)
+        except httpx.HTTPError:
+            errors += 1
+            return
+        latencies.append((time.perf_counter() - t0) * 1000)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        if r.status_code != target.expect:
+            errors += 1
+
+    tasks = [asyncio.create_task(one()) for _ in range(count)]
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    gate.set()
+    await asyncio.gather(*tasks)
+    return LoadResult(
+        tool="httpx",
+        connections=count,
+        requests=len(latencies),
+        seconds=time.perf_counter() - started,
+        p50_ms=percentile(latencies, 50),
+        p90_ms=percentile(latencies, 90),
+        p99_ms=percentile(latencies, 99),
+        errors=errors,
+        statuses=statuses,
+    )

@@ -1,0 +1,960 @@
+"""The benchmark scenarios (issue #8). Each takes the :class:`Run` and returns a :class:`Section`.
+
+Numbers are measured on loopback against the simulators with zero artificial latency, so "added latency"
+is the gateway's own cost: the same call through the gateway minus directly to the simulator, same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.load import LoadResult, Target, burst, burst_client, run_httpx, run_wrk
+from bench.memory import RssSampler, cpu_seconds, mib
+from bench.stack import Proc, Stack, StackError
+
+SAGE_MAX_PAGE = 200  # sage-accounting-wire.md: items_per_page max 200
+INTACCT_MAX_PAGE = 1000  # sage-intacct-wire.md: readByQuery pagesize 1..1000
+UNIFIED_MAX_PAGE = 200  # CONTRACT §3: page_size 1..200
+MEMORY_TARGET_MIB = 200.0
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    rows: list[list[str]]
+    header: list[str]
+    notes: list[str] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        out = [f"### {self.title}", ""]
+        out.append("| " + " | ".join(self.header) + " |")
+        out.append("|" + "---|" * len(self.header))
+        out += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.checks:
+            out.append("")
+            out += [f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in self.checks.items()]
+        if self.notes:
+            out.append("")
+            out += [f"- {note}" for note in self.notes]
+        return "\n".join(out) + "\n"
+
+
+@dataclass
+class Run:
+    """Options and shared state of one ``python -m bench`` run."""
+
+    stack: Stack
+    smoke: bool = False
+    duration: float = 10.0
+    connections: int = 32
+    invoices: int = 10_000
+    storm: int = 500
+    use_wrk: bool = True
+    rounds: int = 3
+    shared: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    _gateway_key: tuple[int, str | None, bool, str] | None = None
+    _business: str = ""
+    _token: str = ""
+
+    # --- stack ---------------------------------------------------------------------------------------
+
+    def gateway(
+        self, workers: int = 1, transport: str | None = None, *, shim: bool = False, experiments: str = ""
+    ) -> Proc:
+        key = (workers, transport, shim, experiments)
+        if self.stack.gateway is None or self._gateway_key != key:
+            self.stack.start_gateway(workers=workers, transport=transport, shim=shim, experiments=experiments)
+            self._gateway_key = key
+        assert self.stack.gateway is not None
+        return self.stack.gateway
+
+    def ensure_connections(self) -> None:
+        if not self.stack.api_key:
+            self.stack.create_tenant()
+        self.gateway()
+        if not self.stack.sage_connection:
+            self.stack.connect_sage()
+        if (
+            self.stack.intacct is not None
+            and not self.stack.intacct_connection
+            and "intacct" not in self.skipped
+        ):
+            try:
+                self.stack.connect_intacct()
+            except StackError as exc:  # the Intacct connector may lag behind; Sage numbers still count
+                self.skipped["intacct"] = str(exc)
+                print(f"!! Sage Intacct skipped: {exc}", file=sys.stderr, flush=True)
+
+    def direct_headers(self) -> dict[str, str]:
+        if not self._token:
+            self._token = self.stack.sage_direct_token()
+            self._business = self.stack.sage_business()
+        return {"Authorization": f"Bearer {self._token}", "X-Business": self._business}
+
+    # --- load ----------------------------------------------------------------------------------------
+
+    def load(self, target: Target, connections: int, cpu_of: int | None = None) -> LoadResult:
+        """Repeat ``target``; with ``cpu_of``, also the CPU that process tree spent per call (a number
+        that stays meaningful on a busy machine, unlike wall-clock latency)."""
+        before = cpu_seconds(cpu_of) if cpu_of else 0.0
+        if self.use_wrk:
+            result = run_wrk(target, connections=connections, duration=self.duration)
+        else:
+            result = asyncio.run(
+                run_httpx(target, connections=connections, requests=max(10, connections * 3))
+            )
+        if cpu_of and result.requests:
+            result.cpu_ms = (cpu_seconds(cpu_of) - before) * 1000 / result.requests
+        return result
+
+    @property
+    def sim_pid(self) -> int:
+        assert self.stack.sage is not None
+        return self.stack.sage.pid
+
+    @property
+    def gateway_pid(self) -> int:
+        assert self.stack.gateway is not None
+        return self.stack.gateway.pid
+
+    def warm(self, target: Target, calls: int = 20) -> None:
+        with httpx.Client(timeout=60.0) as client:
+            for _ in range(calls if not self.smoke else 3):
+                r = client.request(target.method, target.url, headers=target.headers, content=target.body)
+                if r.status_code != target.expect:
+                    raise RuntimeError(f"{target.method} {target.url}: {r.status_code} {r.text[:300]}")
+
+
+def ms(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def cpu(result: LoadResult) -> str:
+    return "–" if result.cpu_ms is None else f"{result.cpu_ms:.2f}"
+
+
+# --- targets --------------------------------------------------------------------------------------------
+
+
+def ensure_contacts(run: Run, count: int = 50) -> None:
+    """A full page: the demo business ships with a handful of contacts, so add customers up to ``count``."""
+    if run.shared.get("contacts_seeded"):
+        return
+    stack = run.stack
+    assert stack.sage is not None
+    headers = run.direct_headers()
+    url = f"{stack.sage.url}/v3.1/contacts"
+    with httpx.Client(timeout=30.0, headers=headers) as client:
+        r = client.get(url, params={"items_per_page": "200"})
+        r.raise_for_status()
+        have = len(r.json()["$items"])
+        for n in range(have, count):
+            contact = {
+                "name": f"Bench Customer {n}",
+                "contact_type_ids": ["CUSTOMER"],
+                "reference": f"BENCH{n}",
+                "email": f"bench{n}@example.com",
+            }
+            created = client.post(url, json={"contact": contact})
+            if created.status_code != 201:
+                raise RuntimeError(f"POST /v3.1/contacts: {created.status_code} {created.text[:300]}")
+    run.shared["contacts_seeded"] = True
+
+
+def contacts_targets(run: Run) -> tuple[Target, Target]:
+    stack = run.stack
+    assert stack.sage is not None and stack.gateway is not None
+    ensure_contacts(run)
+    direct = Target(
+        f"{stack.sage.url}/v3.1/contacts?items_per_page=50&attributes=all", headers=run.direct_headers()
+    )
+    through = Target(
+        f"{stack.gateway.url}/v1/contacts?page_size=50", headers=stack.headers(stack.sage_connection)
+    )
+    return direct, through
+
+
+def journal_targets(run: Run) -> tuple[Target, Target]:
+    stack = run.stack
+    assert stack.sage is not None and stack.gateway is not None
+    headers = run.direct_headers()
+    r = httpx.get(f"{stack.sage.url}/v3.1/ledger_accounts?items_per_page=2", headers=headers, timeout=30.0)
+    r.raise_for_status()
+    a, b = (item["id"] for item in r.json()["$items"][:2])
+    today = dt.date.today().isoformat()
+    wire = {
+        "journal": {
+            "date": today,
+            "reference": "BENCH",
+            "description": "benchmark",
+            "journal_lines": [
+                {"ledger_account_id": a, "debit": "10.00", "credit": "0.00"},
+                {"ledger_account_id": b, "debit": "0.00", "credit": "10.00"},
+            ],
+        }
+    }
+    unified = {
+        "date": today,
+        "reference": "BENCH",
+        "description": "benchmark",
+        "lines": [{"account_id": a, "debit": "10.00"}, {"account_id": b, "credit": "10.00"}],
+    }
+    json_headers = {"Content-Type": "application/json"}
+    direct = Target(
+        f"{stack.sage.url}/v3.1/journals", "POST", {**headers, **json_headers}, json.dumps(wire).encode(), 201
+    )
+    through = Target(
+        f"{stack.gateway.url}/v1/journals",
+        "POST",
+        {**stack.headers(stack.sage_connection), **json_headers},
+        json.dumps(unified).encode(),
+        201,
+    )
+    return direct, through
+
+
+# --- 1. overhead ------------------------------------------------------------------------------------------
+
+
+def overhead(run: Run) -> Section:
+    """Added latency per call at concurrency 1: gateway minus direct, same run (warm token)."""
+    run.ensure_connections()
+    rows: list[list[str]] = []
+    checks: dict[str, bool] = {}
+    data: dict[str, Any] = {}
+    for label, targets in (
+        ("GET /v1/contacts (50)", contacts_targets(run)),
+        ("POST /v1/journals", journal_targets(run)),
+    ):
+        direct_t, gateway_t = targets
+        run.warm(direct_t)
+        run.warm(gateway_t)
+        direct = run.load(direct_t, 1, run.sim_pid)
+        through = run.load(gateway_t, 1, run.gateway_pid)
+        add50, add99 = through.p50_ms - direct.p50_ms, through.p99_ms - direct.p99_ms
+        rows.append(
+            [
+                label,
+                ms(direct.p50_ms),
+                ms(direct.p99_ms),
+                ms(through.p50_ms),
+                ms(through.p99_ms),
+                f"**{ms(add50)}**",
+                f"**{ms(add99)}**",
+                cpu(through),
+                cpu(direct),
+                str(through.requests),
+                str(direct.errors + through.errors),
+            ]
+        )
+        data[label] = {
+            "direct": direct.as_dict(),
+            "gateway": through.as_dict(),
+            "added_p50_ms": add50,
+            "added_p99_ms": add99,
+        }
+        if label.startswith("GET"):
+            checks["reads: added p50 ≤ 3 ms"] = add50 <= 3.0
+            checks["reads: added p99 ≤ 15 ms"] = add99 <= 15.0
+    return Section(
+        "overhead",
+        "1. Gateway overhead (concurrency 1, Sage Accounting, warm token)",
+        rows,
+        [
+            "call",
+            "direct p50",
+            "direct p99",
+            "gateway p50",
+            "gateway p99",
+            "added p50 (ms)",
+            "added p99 (ms)",
+            "gateway CPU ms/call",
+            "simulator CPU ms/call",
+            "gateway calls",
+            "errors",
+        ],
+        notes=[
+            "Request log (database) and rate-limit headers on, as shipped; access log at INFO.",
+            "The journal post is one upstream write either way (no idempotency key).",
+        ],
+        checks=checks,
+        data=data,
+    )
+
+
+# --- 2. throughput (and 4a memory) ---------------------------------------------------------------------
+
+
+def _throughput_row(
+    run: Run, workers: int, transport: str | None = None, *, shim: bool = False
+) -> dict[str, Any]:
+    gw = run.gateway(workers, transport, shim=shim)
+    _, through = contacts_targets(run)
+    run.warm(through)
+    with RssSampler(gw.pid) as rss:
+        result = run.load(through, run.connections, gw.pid)
+    return {
+        "result": result,
+        "peak_total": rss.peak_total,
+        "peak_process": rss.peak_process,
+        "processes": rss.processes,
+    }
+
+
+def throughput(run: Run) -> Section:
+    """Unified reads/s through ``ledgerbridge serve`` (1 and 2 workers) vs the same load on the simulator."""
+    run.ensure_connections()
+    direct_t, _ = contacts_targets(run)
+    run.warm(direct_t)
+    direct = run.load(direct_t, run.connections, run.sim_pid)
+    rows = [
+        [
+            "simulator directly",
+            "–",
+            f"{direct.rps:.0f}",
+            ms(direct.p50_ms),
+            ms(direct.p99_ms),
+            "1.00",
+            cpu(direct),
+            "–",
+            str(direct.errors),
+        ]
+    ]
+    checks: dict[str, bool] = {}
+    data: dict[str, Any] = {"direct": direct.as_dict()}
+    for workers in (1, 2):
+        row = _throughput_row(run, workers)
+        result: LoadResult = row["result"]
+        ratio = result.rps / direct.rps if direct.rps else 0.0
+        rows.append(
+            [
+                f"`ledgerbridge serve --workers {workers}`",
+                str(workers),
+                f"{result.rps:.0f}",
+                ms(result.p50_ms),
+                ms(result.p99_ms),
+                f"**{ratio:.2f}**",
+                cpu(result),
+                f"{mib(row['peak_total']):.0f}",
+                str(result.errors),
+            ]
+        )
+        checks[f"{workers} worker(s): ratio ≥ 0.6"] = ratio >= 0.6
+        data[f"workers_{workers}"] = {
+            **result.as_dict(),
+            "ratio": ratio,
+            "peak_rss_mib": mib(row["peak_total"]),
+            "peak_process_mib": mib(row["peak_process"]),
+        }
+        run.shared[f"rss_throughput_w{workers}"] = row
+    run.gateway(1)
+    return Section(
+        "throughput",
+        f"2. Throughput: GET /v1/contacts (page of 50), {run.connections} connections",
+        rows,
+        [
+            "target",
+            "workers",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "ratio vs direct",
+            "server CPU ms/call",
+            "peak RSS MiB (all processes)",
+            "errors",
+        ],
+        notes=[
+            "Load generator, simulator and gateway share the machine's cores: the ratio is the honest number, "
+            "the absolute req/s is this machine's."
+        ],
+        checks=checks,
+        data=data,
+    )
+
+
+# --- 3. upstream efficiency (and 4b memory) ---------------------------------------------------------------
+
+
+def _seed(run: Run) -> None:
+    if run.shared.get("seeded"):
+        return
+    run.stack.sim(
+        "sage", "POST", "/_sim/seed/sales_invoices", {"count": run.invoices, "lines_per_invoice": 2}
+    )
+    if run.stack.intacct_connection:
+        run.stack.sim(
+            "intacct",
+            "POST",
+            "/_sim/seed/arinvoices",
+            {"company_id": "DEMO-CO", "count": run.invoices, "lines_per_invoice": 2},
+        )
+    run.shared["seeded"] = True
+
+
+def _page_all(run: Run, connection: str) -> dict[str, Any]:
+    gw = run.gateway(1)
+    ids: set[str] = set()
+    pages = listed = without_lines = 0
+    cursor: str | None = None
+    started = time.perf_counter()
+    with RssSampler(gw.pid) as rss, httpx.Client(base_url=gw.url, timeout=300.0) as client:
+        while True:
+            params = {"page_size": str(UNIFIED_MAX_PAGE)}
+            if cursor:
+                params["cursor"] = cursor
+            r = client.get("/v1/invoices", params=params, headers=run.stack.headers(connection))
+            if r.status_code != 200:
+                raise RuntimeError(f"GET /v1/invoices page {pages + 1}: {r.status_code} {r.text[:500]}")
+            body = r.json()
+            pages += 1
+            for item in body["data"]:
+                listed += 1
+                ids.add(item["id"])
+                without_lines += not item.get("lines")
+            cursor = body.get("next_cursor")
+            if not cursor:
+                break
+    return {
+        "pages": pages,
+        "listed": listed,
+        "unique": len(ids),
+        "without_lines": without_lines,
+        "seconds": time.perf_counter() - started,
+        "peak_total": rss.peak_total,
+        "peak_process": rss.peak_process,
+    }
+
+
+def _upstream_calls(calls: dict[str, int]) -> dict[str, int]:
+    return {
+        k: v
+        for k, v in sorted(calls.items())
+        if not k.startswith(("GET /_sim", "DELETE /_sim", "POST /_sim"))
+    }
+
+
+def efficiency(run: Run) -> Section:
+    """Listing every invoice (with lines) costs ceil(N / page) upstream calls, never N+1."""
+    run.ensure_connections()
+    _seed(run)
+    rows: list[list[str]] = []
+    checks: dict[str, bool] = {}
+    data: dict[str, Any] = {}
+    providers: list[tuple[str, str, str, int]] = [
+        ("Sage Accounting", "sage", run.stack.sage_connection, SAGE_MAX_PAGE)
+    ]
+    if run.stack.intacct_connection:
+        providers.append(("Sage Intacct", "intacct", run.stack.intacct_connection, INTACCT_MAX_PAGE))
+    for label, sim, connection, provider_max in providers:
+        run.stack.reset_counters(sim)
+        paged = _page_all(run, connection)
+        calls = _upstream_calls(run.stack.counters(sim))
+        # The Intacct simulator counts HTTP requests by route and, beside them, each XML function as
+        # "XML {function}:{object}"; the upstream calls are the HTTP requests.
+        total = sum(v for k, v in calls.items() if not k.startswith("XML "))
+        page = min(UNIFIED_MAX_PAGE, provider_max)
+        minimum = math.ceil(paged["unique"] / page)
+        if sim == "intacct":
+            headers = sum(v for k, v in calls.items() if k.startswith("XML ") and k.endswith(":ARINVOICE"))
+            lines = sum(v for k, v in calls.items() if k.startswith("XML ") and "ARINVOICEITEM" in k)
+            ok = headers == minimum and lines <= paged["pages"] and total <= headers + lines
+            expected = f"{minimum} + ≤ {paged['pages']} line queries"
+        else:
+            ok = total == minimum
+            expected = str(minimum)
+        rows.append(
+            [
+                label,
+                str(paged["unique"]),
+                str(paged["pages"]),
+                expected,
+                f"**{total}**",
+                "<br>".join(f"`{k}` × {v}" for k, v in calls.items()),
+                f"{paged['seconds']:.1f}",
+                str(paged["without_lines"]),
+            ]
+        )
+        checks[
+            f"{label}: {total} upstream calls for {paged['unique']} invoices (minimum {minimum}), no N+1"
+        ] = ok
+        checks[f"{label}: every invoice listed exactly once"] = paged["unique"] == paged["listed"]
+        data[sim] = {**paged, "calls": calls, "upstream_total": total, "minimum": minimum}
+        run.shared[f"rss_paging_{sim}"] = paged
+    return Section(
+        "efficiency",
+        f"3. Upstream efficiency: listing every invoice with lines ({run.invoices:,} seeded)",
+        rows,
+        [
+            "provider",
+            "invoices",
+            "gateway pages",
+            "minimum upstream calls",
+            "upstream HTTP calls",
+            "by route / XML function",
+            "seconds",
+            "invoices without lines",
+        ],
+        notes=[
+            f"Gateway pages of {UNIFIED_MAX_PAGE} (the unified maximum), so the minimum is "
+            f"ceil(N / min({UNIFIED_MAX_PAGE}, provider's largest page)). Counted by the simulators' "
+            "`/_sim/counters`."
+        ],
+        checks=checks,
+        data=data,
+    )
+
+
+# --- 4. memory ---------------------------------------------------------------------------------------------
+
+
+def memory(run: Run) -> Section:
+    """Peak RSS of the serve process during the throughput run and while paging every invoice."""
+    run.ensure_connections()
+    if "rss_throughput_w1" not in run.shared:
+        run.shared["rss_throughput_w1"] = _throughput_row(run, 1)
+    if "rss_paging_sage" not in run.shared:
+        _seed(run)
+        run.shared["rss_paging_sage"] = _page_all(run, run.stack.sage_connection)
+        if run.stack.intacct_connection:
+            run.shared["rss_paging_intacct"] = _page_all(run, run.stack.intacct_connection)
+    rows: list[list[str]] = []
+    checks: dict[str, bool] = {}
+    for key, label in (
+        ("rss_throughput_w1", "throughput, 1 worker"),
+        ("rss_throughput_w2", "throughput, 2 workers"),
+        ("rss_paging_sage", "paging every Sage invoice"),
+        ("rss_paging_intacct", "paging every Intacct invoice"),
+    ):
+        if key not in run.shared:
+            continue
+        row = run.shared[key]
+        per_process = mib(row["peak_process"])
+        rows.append([label, f"{mib(row['peak_total']):.0f}", f"{per_process:.0f}"])
+        checks[f"{label}: peak RSS per serve process ≤ {MEMORY_TARGET_MIB:.0f} MiB"] = (
+            per_process <= MEMORY_TARGET_MIB
+        )
+    return Section(
+        "memory",
+        "4. Memory: peak RSS of the serve process",
+        rows,
+        [
+            "while",
+            "peak RSS MiB, all serve processes (sampled every 50 ms)",
+            "peak RSS MiB of one process (VmHWM)",
+        ],
+        notes=[
+            "VmHWM is the kernel's high-water mark since the process started (includes start-up and migrations)."
+        ],
+        checks=checks,
+    )
+
+
+# --- 5. refresh storm ---------------------------------------------------------------------------------------
+
+
+def storm(run: Run) -> Section:
+    """``storm`` concurrent calls at the moment the access token expires: exactly one refresh upstream."""
+    run.ensure_connections()
+    gw = run.gateway(1)
+    stack = run.stack
+    count = run.storm
+    config = stack.sim("sage", "GET", "/_sim/config")
+    # The simulator caps concurrent calls per app at 150 (Sage's documented limit, wire §6); the storm is
+    # about refresh single-flight, so lift the cap for its duration.
+    stack.sim("sage", "PATCH", "/_sim/config", {"max_concurrent_requests": max(count * 2, 150)})
+    target = Target(f"{gw.url}/v1/contacts?page_size=50", headers=stack.headers(stack.sage_connection))
+
+    async def measure() -> tuple[LoadResult, LoadResult, dict[str, int]]:
+        async with burst_client(count) as client:
+            await burst(client, target, count)  # opens the connections
+            warm = await burst(client, target, count)
+            stack.reset_counters("sage")
+            stack.sim("sage", "POST", "/_sim/expire-tokens")
+            expired = await burst(client, target, count)
+        return warm, expired, stack.counters("sage")
+
+    def single_refresh_cost(rounds: int) -> tuple[float, float]:
+        """Median latency of one call with a warm token, and of one call that has to refresh first."""
+        warm_ms: list[float] = []
+        refresh_ms: list[float] = []
+        with httpx.Client(timeout=60.0) as client:
+            for _ in range(rounds):
+                for bucket in (warm_ms, refresh_ms):
+                    if bucket is refresh_ms:
+                        stack.sim("sage", "POST", "/_sim/expire-tokens")
+                    t0 = time.perf_counter()
+                    r = client.get(target.url, headers=target.headers)
+                    bucket.append((time.perf_counter() - t0) * 1000)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"GET /v1/contacts after expiry: {r.status_code} {r.text[:300]}")
+        return statistics.median(warm_ms), statistics.median(refresh_ms)
+
+    try:
+        warm, expired, calls = asyncio.run(measure())
+        single_warm, single_refresh = single_refresh_cost(3 if run.smoke else 15)
+    finally:
+        stack.sim(
+            "sage", "PATCH", "/_sim/config", {"max_concurrent_requests": config["max_concurrent_requests"]}
+        )
+        run._token = ""  # the direct token expired with the others
+    refreshes = calls.get("POST /token grant_type=refresh_token", 0)
+    rows = [
+        ["warm token", str(count), ms(warm.p50_ms), ms(warm.p99_ms), _statuses(warm), "–"],
+        [
+            "token expired upstream",
+            str(count),
+            ms(expired.p50_ms),
+            ms(expired.p99_ms),
+            _statuses(expired),
+            str(refreshes),
+        ],
+    ]
+    return Section(
+        "storm",
+        f"5. Refresh storm: {count} concurrent calls when the access token expires",
+        rows,
+        ["token", "concurrent calls", "p50 ms", "p99 ms", "statuses", "refresh grants upstream"],
+        notes=[
+            f"Bursts took {warm.seconds:.2f} s (warm) and {expired.seconds:.2f} s (expired): with one worker a burst "
+            "this size queues behind the gateway's throughput, so the burst percentiles are mostly queueing.",
+            f"One call that triggers the refresh, alone (median of {3 if run.smoke else 15}): "
+            f"{ms(single_refresh)} ms vs {ms(single_warm)} ms with a warm token: the refresh adds "
+            f"**{ms(single_refresh - single_warm)} ms** (401 from the upstream, token grant, encrypted store, retry).",
+            f"Added p99 at the expiry: **{ms(expired.p99_ms - warm.p99_ms)} ms** over the same burst with a warm "
+            "token (p50 +" + ms(expired.p50_ms - warm.p50_ms) + " ms).",
+            "The simulator's per-app concurrency cap is lifted for this scenario only.",
+        ],
+        checks={
+            "exactly one refresh upstream": refreshes == 1,
+            "every call answered 200": expired.statuses == {200: count} and warm.statuses == {200: count},
+        },
+        data={
+            "warm": warm.as_dict(),
+            "expired": expired.as_dict(),
+            "refreshes": refreshes,
+            "calls": calls,
+            "single_warm_ms": single_warm,
+            "single_refresh_ms": single_refresh,
+        },
+    )
+
+
+def _statuses(result: LoadResult) -> str:
+    return ", ".join(f"{k}×{v}" for k, v in sorted(result.statuses.items())) + (
+        f", {result.errors - sum(v for k, v in result.statuses.items() if k != 200)} socket errors"
+        if result.errors > sum(v for k, v in result.statuses.items() if k != 200)
+        else ""
+    )
+
+
+# --- 6. transport ------------------------------------------------------------------------------------------
+
+
+def transport(run: Run) -> Section:
+    """The gateway's shared client on httpx's own transport vs ``httpx_aiohttp.AiohttpTransport``."""
+    run.ensure_connections()
+    direct_t, _ = contacts_targets(run)
+    run.warm(direct_t)
+    direct_seq = run.load(direct_t, 1)
+    direct_tp = run.load(direct_t, run.connections, run.sim_pid)
+    rows = [
+        [
+            "simulator directly",
+            f"{direct_tp.rps:.0f}",
+            "1.00",
+            cpu(direct_tp),
+            ms(direct_seq.p50_ms),
+            "–",
+            "–",
+        ]
+    ]
+    data: dict[str, Any] = {"direct": {"sequential": direct_seq.as_dict(), "throughput": direct_tp.as_dict()}}
+    from api.settings import Settings
+
+    # Until make_http_client honours LEDGERBRIDGE_HTTP_TRANSPORT itself, bench.gateway does it.
+    shim = "http_transport" not in Settings.model_fields
+    for name in ("httpx", "aiohttp"):
+        gw = run.gateway(1, name, shim=shim)
+        _, through = contacts_targets(run)
+        run.warm(through)
+        seq = run.load(through, 1)
+        tp = run.load(through, run.connections, gw.pid)
+        ratio = tp.rps / direct_tp.rps if direct_tp.rps else 0.0
+        rows.append(
+            [
+                f"gateway, `LEDGERBRIDGE_HTTP_TRANSPORT={name}`",
+                f"{tp.rps:.0f}",
+                f"{ratio:.2f}",
+                cpu(tp),
+                ms(seq.p50_ms),
+                f"**{ms(seq.p50_ms - direct_seq.p50_ms)}**",
+                f"{ms(seq.p99_ms - direct_seq.p99_ms)}",
+            ]
+        )
+        data[name] = {"sequential": seq.as_dict(), "throughput": tp.as_dict(), "ratio": ratio, "pid": gw.pid}
+    run.gateway(1)
+    return Section(
+        "transport",
+        "6. Upstream transport: httpx default vs aiohttp (GET /v1/contacts, 1 worker)",
+        rows,
+        [
+            "target",
+            f"req/s at {run.connections} conns",
+            "ratio vs direct",
+            "server CPU ms/call",
+            "p50 ms at 1 conn",
+            "added p50 ms",
+            "added p99 ms",
+        ],
+        notes=[
+            (
+                "Run with `python -m bench.gateway serve` (bench/transport.py): `ledgerbridge serve` with the "
+                "proposed `LEDGERBRIDGE_HTTP_TRANSPORT` switch in `make_http_client`."
+            )
+            if shim
+            else "Run with `LEDGERBRIDGE_HTTP_TRANSPORT={httpx|aiohttp} ledgerbridge serve`."
+        ],
+        data=data,
+    )
+
+
+SCENARIOS: dict[str, Callable[[Run], Section]] = {
+    "overhead": overhead,
+    "throughput": throughput,
+    "efficiency": efficiency,
+    "memory": memory,
+    "storm": storm,
+    "transport": transport,
+}
+
+
+# --- 7. profile --------------------------------------------------------------------------------------------
+
+_CATEGORIES = (
+    ("sqlalchemy", "SQLAlchemy (ORM, engine)"),
+    ("aiosqlite", "aiosqlite / sqlite3"),
+    ("sqlite3", "aiosqlite / sqlite3"),
+    ("psycopg", "psycopg"),
+    ("httpx_aiohttp", "upstream client (httpx, httpcore, aiohttp)"),
+    ("httpcore", "upstream client (httpx, httpcore, aiohttp)"),
+    ("httpx", "upstream client (httpx, httpcore, aiohttp)"),
+    ("aiohttp", "upstream client (httpx, httpcore, aiohttp)"),
+    ("h11", "upstream client (httpx, httpcore, aiohttp)"),
+    ("pydantic", "pydantic (validation, serialisation)"),
+    ("fastapi", "FastAPI / Starlette routing and dependencies"),
+    ("starlette", "FastAPI / Starlette routing and dependencies"),
+    ("uvicorn", "uvicorn (HTTP server)"),
+    ("httptools", "uvicorn (HTTP server)"),
+    ("cryptography", "cryptography (credential decryption)"),
+    ("logging", "logging"),
+    ("json", "json"),
+    ("prometheus_client", "prometheus_client"),
+    ("/api/", "gateway code (api/)"),
+    ("/connectors/", "connector code (connectors/)"),
+    ("asyncio", "asyncio / event loop"),
+)
+
+
+def _category(path: str) -> str:
+    for needle, label in _CATEGORIES:
+        if needle in path:
+            return label
+    return "other"
+
+
+def summarize_profile(tree: dict[str, Any]) -> tuple[dict[str, float], list[tuple[str, float]], float]:
+    """Self time per category and per function of a pyinstrument JSON session; also the total."""
+    categories: dict[str, float] = {}
+    functions: dict[str, float] = {}
+
+    def walk(frame: dict[str, Any]) -> None:
+        children = frame.get("children", [])
+        own = frame["time"] - sum(c["time"] for c in children)
+        path = frame.get("file_path") or frame.get("file_path_short") or ""
+        name = f"{frame['function']} ({frame.get('file_path_short', '')}:{frame.get('line_no', 0)})"
+        if own > 0:
+            label = _category(path) if path else "other"
+            categories[label] = categories.get(label, 0.0) + own
+            functions[name] = functions.get(name, 0.0) + own
+        for child in children:
+            walk(child)
+
+    root = tree["root_frame"]
+    walk(root)
+    top = sorted(functions.items(), key=lambda kv: kv[1], reverse=True)
+    return categories, top, root["time"]
+
+
+def profile(run: Run) -> Section:
+    """pyinstrument on one gateway process serving unified reads (GET /v1/contacts) under load."""
+    import signal
+
+    from bench.stack import HOST, free_port
+
+    run.ensure_connections()
+    run.stack.stop_gateway()
+    run._gateway_key = None
+    port = free_port()
+    out = run.stack.workdir / "profile.txt"
+    env = run.stack.gateway_env(f"http://{HOST}:{port}")
+    proc = run.stack._spawn(
+        "gateway-profile",
+        [
+            sys.executable,
+            "-m",
+            "bench.profile_gateway",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--out",
+            str(out),
+        ],
+        port,
+        env,
+    )
+    try:
+        run.stack._wait_ready(proc, "/healthz", timeout=60.0)
+        target = Target(
+            f"{proc.url}/v1/contacts?page_size=50", headers=run.stack.headers(run.stack.sage_connection)
+        )
+        run.warm(target)
+        result = run.load(target, 8 if not run.smoke else 2)
+    finally:
+        proc.popen.send_signal(signal.SIGINT)
+        proc.popen.wait(60)
+        run.stack.procs.remove(proc)
+    tree = json.loads(out.with_suffix(".json").read_text())
+    categories, top, total = summarize_profile(tree)
+    busy = total - categories.get("asyncio / event loop", 0.0)
+    rows = [
+        [label, f"{secs:.2f}", f"{100 * secs / total:.1f}"]
+        for label, secs in sorted(categories.items(), key=lambda kv: kv[1], reverse=True)
+    ]
+    notes = [
+        f"{result.requests} requests in {result.seconds:.1f} s ({result.rps:.0f} req/s) under the profiler; "
+        f"{total:.1f} s sampled, {busy:.1f} s outside the event loop's own code."
+    ]
+    notes += [f"top self time: `{name}` {secs:.2f} s" for name, secs in top[:12]]
+    text = out.read_text()
+    run.shared["profile_text"] = text
+    return Section(
+        "profile",
+        "7. Profile of a unified read (pyinstrument, GET /v1/contacts, 1 worker)",
+        rows,
+        ["where (self time)", "seconds", "% of samples"],
+        notes=notes,
+        data={
+            "categories": categories,
+            "top": top[:30],
+            "total": total,
+            "load": result.as_dict(),
+            "text": text,
+        },
+    )
+
+
+SCENARIOS["profile"] = profile
+
+
+# --- 8. candidate fixes ---------------------------------------------------------------------------------------
+
+FIX_STEPS: tuple[tuple[str, str], ...] = (
+    ("as shipped (`bench.gateway`, no experiment)", ""),
+    ("+ async dependencies", "async-deps"),
+    ("+ JSON rendered by pydantic-core", "async-deps,json-direct"),
+    ("+ API key and connection cached 5 s", "async-deps,json-direct,auth-cache,conn-cache"),
+    (
+        "+ no rate governor (upper bound, not a fix)",
+        "async-deps,json-direct,auth-cache,conn-cache,no-limiter",
+    ),
+)
+
+
+def fixes(run: Run) -> Section:
+    """The candidate hot-path fixes of bench/experiments.py, cumulatively, on GET /v1/contacts.
+
+    The variants are interleaved over ``run.rounds`` rounds and each figure is the median over the rounds,
+    so a neighbour's load burst on a shared machine skews one sample, not one variant.
+    """
+    run.ensure_connections()
+    direct_t, _ = contacts_targets(run)
+    run.warm(direct_t)
+    # Smoke: the first and the last step (the last applies every experiment, so all their code runs).
+    steps = (FIX_STEPS[0], FIX_STEPS[-1]) if run.smoke else FIX_STEPS
+    samples: dict[str, list[tuple[LoadResult, LoadResult, LoadResult]]] = {e: [] for _, e in steps}
+    for _ in range(run.rounds):
+        for _label, experiments in steps:
+            gw = run.gateway(1, experiments=experiments or "none")
+            _, through = contacts_targets(run)
+            run.warm(through)
+            direct = run.load(direct_t, 1)
+            seq = run.load(through, 1, gw.pid)
+            tp = run.load(through, run.connections, gw.pid)
+            samples[experiments].append((direct, seq, tp))
+    rows: list[list[str]] = []
+    data: dict[str, Any] = {}
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    for label, experiments in steps:
+        runs = samples[experiments]
+        added50 = med([s.p50_ms - d.p50_ms for d, s, _ in runs])
+        added99 = med([s.p99_ms - d.p99_ms for d, s, _ in runs])
+        cpu_seq = med([s.cpu_ms or 0.0 for _, s, _ in runs])
+        rps = med([t.rps for _, _, t in runs])
+        cpu_tp = med([t.cpu_ms or 0.0 for _, _, t in runs])
+        errors = sum(s.errors + t.errors for _, s, t in runs)
+        rows.append(
+            [label, ms(added50), ms(added99), f"{cpu_seq:.2f}", f"{rps:.0f}", f"{cpu_tp:.2f}", str(errors)]
+        )
+        data[experiments or "none"] = {
+            "added_p50_ms": added50,
+            "added_p99_ms": added99,
+            "cpu_ms_sequential": cpu_seq,
+            "rps": rps,
+            "cpu_ms_throughput": cpu_tp,
+            "errors": errors,
+            "rounds": [
+                {"direct": d.as_dict(), "gateway": s.as_dict(), "throughput": t.as_dict()} for d, s, t in runs
+            ],
+        }
+    run.gateway(1)
+    return Section(
+        "fixes",
+        f"8. Candidate fixes, cumulative (GET /v1/contacts, 1 worker, median of {run.rounds} interleaved rounds)",
+        rows,
+        [
+            "gateway",
+            "added p50 ms (1 conn)",
+            "added p99 ms (1 conn)",
+            "CPU ms/call (1 conn)",
+            f"req/s ({run.connections} conns)",
+            f"CPU ms/call ({run.connections} conns)",
+            "errors",
+        ],
+        notes=[
+            "Applied from outside `api/` by `bench/experiments.py` (`LEDGERBRIDGE_BENCH_EXPERIMENTS`); "
+            "each row adds one change to the row above."
+        ],
+        data=data,
+    )
+
+
+SCENARIOS["fixes"] = fixes

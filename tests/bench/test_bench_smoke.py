@@ -1,0 +1,156 @@
+"""Smoke mode of every benchmark scenario (issue #8), so the benchmarks cannot rot.
+
+No timing is asserted: these run the real stack (both simulators and ``ledgerbridge serve`` as processes on
+loopback) for a few iterations with an httpx loop instead of wrk, and assert what a benchmark reader relies
+on — every call answered, the upstream call counts, one refresh per storm, the table rendered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.report import update_doc
+from bench.scenarios import SCENARIOS, Run, Section
+from bench.stack import REPO, Stack
+from bench.transport import make_http_client
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    stack = Stack(tmp_path_factory.mktemp("bench"))
+    try:
+        stack.start_simulators()
+        yield Run(stack, smoke=True, connections=4, invoices=250, storm=20, use_wrk=False)
+    finally:
+        stack.close()
+
+
+def _no_errors(section: Section, column: str = "errors") -> None:
+    index = section.header.index(column)
+    assert all(row[index] in ("0", "–") for row in section.rows), section.markdown()
+
+
+def test_overhead_measures_both_calls_direct_and_through_the_gateway(bench_run: Run) -> None:
+    section = SCENARIOS["overhead"](bench_run)
+    assert [row[0] for row in section.rows] == ["GET /v1/contacts (50)", "POST /v1/journals"]
+    _no_errors(section)
+    for call in section.data.values():
+        assert call["direct"]["requests"] > 0 and call["gateway"]["requests"] > 0
+
+
+def test_throughput_runs_one_and_two_workers(bench_run: Run) -> None:
+    section = SCENARIOS["throughput"](bench_run)
+    assert [row[1] for row in section.rows] == ["–", "1", "2"]
+    _no_errors(section)
+    assert section.data["workers_2"]["peak_rss_mib"] > section.data["workers_1"]["peak_process_mib"] > 0
+
+
+def test_upstream_efficiency_lists_every_invoice_with_the_minimum_of_upstream_calls(bench_run: Run) -> None:
+    section = SCENARIOS["efficiency"](bench_run)
+    sage = section.data["sage"]
+    assert sage["unique"] == sage["listed"] >= bench_run.invoices
+    assert sage["without_lines"] == 0
+    assert all(section.checks.values()), section.markdown()
+
+
+def test_memory_reports_peaks_of_the_serve_process(bench_run: Run) -> None:
+    section = SCENARIOS["memory"](bench_run)
+    labels = [row[0] for row in section.rows]
+    assert "throughput, 1 worker" in labels and "paging every Sage invoice" in labels
+    assert all(float(row[2]) > 0 for row in section.rows)
+
+
+def test_refresh_storm_refreshes_exactly_once(bench_run: Run) -> None:
+    section = SCENARIOS["storm"](bench_run)
+    assert section.data["refreshes"] == 1, section.markdown()
+    assert section.checks["every call answered 200"], section.markdown()
+
+
+def test_transport_comparison_serves_through_both_transports(bench_run: Run) -> None:
+    section = SCENARIOS["transport"](bench_run)
+    for name in ("httpx", "aiohttp"):
+        assert section.data[name]["throughput"]["errors"] == 0, section.markdown()
+        assert section.data[name]["sequential"]["requests"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyinstrument") is None, reason="pyinstrument is not installed")
+def test_profile_attributes_samples_to_the_gateway_hot_path(bench_run: Run) -> None:
+    section = SCENARIOS["profile"](bench_run)
+    assert section.data["load"]["errors"] == 0
+    assert "gateway code (api/)" in section.data["categories"]
+
+
+def test_update_doc_replaces_generated_blocks_and_keeps_prose() -> None:
+    text = "# Benchmarks\n\nProse.\n\n<!-- bench:overhead -->\nold\n<!-- /bench:overhead -->\n\nMore prose.\n"
+    updated = update_doc(text, {"overhead": "new table", "storm": "storm table"})
+    assert "old" not in updated and "new table" in updated
+    assert updated.index("Prose.") < updated.index("new table") < updated.index("More prose.")
+    assert updated.rstrip().endswith("<!-- /bench:storm -->")
+
+
+def test_bench_without_wrk_explains_how_to_install_it(tmp_path: Path) -> None:
+    python_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": str(python_dir)}  # a PATH on which there is no wrk
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "overhead", "--no-install", "--no-doc"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if (python_dir / "wrk").exists():
+        pytest.skip("wrk lives beside the interpreter")
+    assert out.returncode == 2
+    assert "apt-get install -y wrk" in out.stderr and "--smoke" in out.stderr
+
+
+async def _drop_after_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")  # the request arrived: whatever happens next, it was sent
+    writer.close()
+
+
+async def test_aiohttp_transport_reports_a_drop_after_sending_as_sent() -> None:
+    """httpx_aiohttp says ConnectTimeout ("never sent") here; connectors would re-send a write."""
+    server = await asyncio.start_server(_drop_after_request, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, make_http_client(5.0, "aiohttp") as client:
+        with pytest.raises(httpx.HTTPError) as caught:
+            await client.post(f"http://127.0.0.1:{port}/journals", content=b"{}")
+    assert isinstance(caught.value, httpx.RemoteProtocolError | httpx.ReadError), repr(caught.value)
+    assert not isinstance(caught.value, httpx.ConnectError | httpx.ConnectTimeout)
+
+
+async def test_aiohttp_transport_reports_a_refused_connection_as_never_sent() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        async with make_http_client(5.0, "aiohttp") as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.post(f"http://127.0.0.1:{port}/journals", content=b"{}")
+
+
+async def test_aiohttp_transport_serves_a_real_call(bench_run: Run) -> None:
+    assert bench_run.stack.sage is not None
+    async with make_http_client(5.0, "aiohttp") as client:
+        r = await client.get(f"{bench_run.stack.sage.url}/_sim/counters")
+    assert r.status_code == 200 and "calls" in r.json()
+
+
+def test_candidate_fixes_apply_and_serve_every_call(bench_run: Run) -> None:
+    section = SCENARIOS["fixes"](bench_run)
+    assert [row[0] for row in section.rows][-1].startswith("+ no rate governor")
+    assert all(entry["errors"] == 0 for entry in section.data.values()), section.markdown()
