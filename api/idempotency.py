@@ -16,9 +16,13 @@ Claims are atomic across processes: ``INSERT … ON CONFLICT DO NOTHING`` for a 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,8 @@ from api.db import Database
 from api.errors import ApiError
 from models import IdempotencyRecord, WriteIntent
 from models.tables import new_id
+
+log = logging.getLogger(__name__)
 
 IN_FLIGHT, COMPLETED, UNKNOWN, RELEASED = "in_flight", "completed", "unknown", "released"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -295,3 +301,25 @@ def in_use() -> ApiError:
         "A request with this Idempotency-Key is still being processed; retry shortly",
         headers={"Retry-After": "1"},
     )
+
+
+@contextlib.asynccontextmanager
+async def every(interval: float, beat: Callable[[], Awaitable[None]], what: str) -> AsyncIterator[None]:
+    """Run ``beat`` every ``interval`` seconds while the block runs (lease heartbeats); a failed beat is
+    logged and the next one still runs."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await beat()
+            except Exception:
+                log.exception("%s failed", what)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

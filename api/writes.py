@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
 from api import context
-from api.connections.service import record_health
+from api.connections.service import HEALTH_CODES, record_health
 from api.errors import connector_error_response, problem_response
 from api.idempotency import (
     RELEASED,
@@ -40,6 +40,7 @@ from api.idempotency import (
     Claim,
     IdempotencyStore,
     StoredResult,
+    every,
     fingerprint,
     guard_for,
 )
@@ -69,16 +70,6 @@ _NOT_EXECUTED: tuple[type[ConnectorError], ...] = (
     ReauthorizationRequired,
     BusinessSelectionRequired,
 )
-#: Errors that say something about the connection's health (not about the caller's input).
-_HEALTH_CODES = {
-    "upstream_error",
-    "upstream_unavailable",
-    "upstream_timeout",
-    "reauthorization_required",
-    "business_selection_required",
-    "upstream_rate_limited",
-    "outcome_unknown",
-}
 
 Invoke = Callable[[Connector, str | None, Any, WriteRequest], Awaitable[BaseModel]]
 
@@ -223,27 +214,17 @@ async def _heartbeat(
     interval = max(state.settings.write_lease_seconds / 3, 0.05)
 
     async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if store is not None and intent.idempotency_record_id is not None:
-                    await store.heartbeat(intent.idempotency_record_id)
-                async with state.db.session() as session:
-                    await session.execute(
-                        update(WriteIntent)
-                        .where(WriteIntent.id == intent.id, WriteIntent.state == SENDING)
-                        .values(updated_at=_now())
-                    )
-            except Exception:
-                log.exception("write heartbeat failed")
+        if store is not None and intent.idempotency_record_id is not None:
+            await store.heartbeat(intent.idempotency_record_id)
+        async with state.db.session() as session:
+            await session.execute(
+                update(WriteIntent)
+                .where(WriteIntent.id == intent.id, WriteIntent.state == SENDING)
+                .values(updated_at=_now())
+            )
 
-    task = asyncio.create_task(beat())
-    try:
+    async with every(interval, beat, "write heartbeat"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _new_intent(
@@ -391,5 +372,5 @@ async def execute(
 async def _health(state: AppState, connection: Connection, exc: ConnectorError | None) -> None:
     if exc is None:
         await record_health(state, connection, None)
-    elif exc.code in _HEALTH_CODES:
+    elif exc.code in HEALTH_CODES:
         await record_health(state, connection, f"{exc.code}: {exc.detail}")

@@ -12,7 +12,7 @@ from pydantic import ValidationError as PydanticValidationError
 from starlette.responses import Response
 
 from api import writes
-from api.connections.service import build_connector, record_health
+from api.connections.service import HEALTH_CODES, build_connector, record_health
 from api.deps import Repo, app_state
 from api.errors import ApiError
 from api.idempotency import parse_key
@@ -44,16 +44,6 @@ ConnectionHeader = Annotated[
     str, Header(alias="X-Connection-Id", max_length=64, description="The connection to use")
 ]
 
-#: Errors that say something about the connection's health (not about the caller's input).
-_HEALTH_CODES = {
-    "upstream_error",
-    "upstream_unavailable",
-    "upstream_timeout",
-    "reauthorization_required",
-    "business_selection_required",
-    "upstream_rate_limited",
-}
-
 
 class Bound:
     """A connector built for this request, with its connection row."""
@@ -68,7 +58,7 @@ class Bound:
         try:
             result = await fn()
         except ConnectorError as exc:
-            if exc.code in _HEALTH_CODES:
+            if exc.code in HEALTH_CODES:
                 await record_health(state, self.connection, f"{exc.code}: {exc.detail}")
             raise
         await record_health(state, self.connection, None)

@@ -19,6 +19,19 @@ from models import Connection
 
 HEALTH_SUCCESS_INTERVAL = dt.timedelta(seconds=30)
 
+#: Connector error codes that say something about the connection's health (not about the caller's input).
+HEALTH_CODES = frozenset(
+    {
+        "upstream_error",
+        "upstream_unavailable",
+        "upstream_timeout",
+        "reauthorization_required",
+        "business_selection_required",
+        "upstream_rate_limited",
+        "outcome_unknown",
+    }
+)
+
 _BLOCKED = {
     "pending_authorization": (409, "authorization_pending", "The connection has not been authorized yet"),
     "business_selection_required": (

@@ -9,16 +9,16 @@ it left (rate limit, connect failure, re-authorization needed) releases the key 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 from starlette.responses import Response
 
 from api import context
 from api.errors import TYPE_BASE, connector_error_response
-from api.idempotency import RELEASED, IdempotencyStore, StoredResult, fingerprint, parse_key
+from api.idempotency import RELEASED, IdempotencyStore, StoredResult, every, fingerprint, parse_key
 from api.state import AppState
 from api.writes import idempotency_store
 from connectors.errors import (
@@ -69,20 +69,8 @@ def _stored(response: Response) -> StoredResult:
     return result
 
 
-@contextlib.asynccontextmanager
-async def _heartbeat(store: IdempotencyStore, record_id: str, interval: float) -> AsyncIterator[None]:
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await store.heartbeat(record_id)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def _heartbeat(store: IdempotencyStore, record_id: str, interval: float) -> AbstractAsyncContextManager[None]:
+    return every(interval, lambda: store.heartbeat(record_id), "proxy write heartbeat")
 
 
 async def once(

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Path, Request, Response
 from starlette.convertors import Convertor, register_url_convertor
 
 from api import context
-from api.connections.service import build_connector, record_health
+from api.connections.service import HEALTH_CODES, build_connector, record_health
 from api.deps import Repo, app_state
 from api.errors import ApiError, problem_response
 from api.proxy import replay, safety
@@ -46,17 +46,6 @@ register_url_convertor("proxypath", AnyPathConvertor())
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-#: Connector errors that say something about the connection's health (as for unified calls).
-_HEALTH_CODES = frozenset(
-    {
-        "upstream_error",
-        "upstream_unavailable",
-        "upstream_timeout",
-        "reauthorization_required",
-        "business_selection_required",
-        "upstream_rate_limited",
-    }
-)
 #: Intacct REST endpoints the gateway itself manages (tokens); a caller may not drive them.
 _INTACCT_REST_RESERVED = frozenset({"oauth2"})
 
@@ -127,7 +116,7 @@ async def _forward(
     try:
         upstream = await call()
     except ConnectorError as exc:
-        if exc.code in _HEALTH_CODES:
+        if exc.code in HEALTH_CODES:
             await record_health(state, connection, f"{exc.code}: {exc.detail}")
         raise
     await record_health(state, connection, None)
