@@ -15,7 +15,7 @@ import binascii
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import httpx
@@ -318,6 +318,26 @@ class SageIntacctConnector(Connector):
         )
         parsed = await self._read([body], f"XML query:{object_name}")
         return self._result(parsed, 0, f"the {object_name} query")
+
+    async def _offset_page(
+        self,
+        kind: str,
+        object_name: str,
+        fields: Sequence[str],
+        query: ListQuery,
+        conditions: list[etree._Element],
+        build: Callable[[Sequence[Record]], Awaitable[list[Model]]],
+        *,
+        pagesize: int,
+    ) -> tuple[list[Model], str | None]:
+        """One page of a ``query`` paged by offset, and the cursor of the next page (None at the end)."""
+        position = _decode_cursor(query.cursor, kind, ("o",))
+        result = await self._query(
+            object_name, fields, condition=m.all_of(conditions), pagesize=pagesize, offset=position["o"]
+        )
+        records = await build(result.records)
+        remaining = result.data.numremaining if result.data else 0
+        return records, _encode_cursor(kind, {"o": position["o"] + len(records)}) if remaining else None
 
     async def _children(
         self, object_name: str, fields: Sequence[str], parent_field: str, keys: Sequence[str]
@@ -622,14 +642,15 @@ class SageIntacctConnector(Connector):
             except ValueError:
                 raise _invalid("filters.status", "Unknown invoice status") from None
             conditions.append(m.in_filter("STATE", m.INVOICE_STATES[status]))
-        position = _decode_cursor(query.cursor, "invoices", ("o",))
-        size = _page_size(query, 200)
-        result = await self._query(
-            "ARINVOICE", m.INVOICE_FIELDS, condition=m.all_of(conditions), pagesize=size, offset=position["o"]
+        invoices, next_cursor = await self._offset_page(
+            "invoices",
+            "ARINVOICE",
+            m.INVOICE_FIELDS,
+            query,
+            conditions,
+            lambda records: self._invoices(records, include_raw=query.include_raw),
+            pagesize=_page_size(query, 200),
         )
-        invoices = await self._invoices(result.records, include_raw=query.include_raw)
-        remaining = result.data.numremaining if result.data else 0
-        next_cursor = _encode_cursor("invoices", {"o": position["o"] + len(invoices)}) if remaining else None
         return Page[Invoice](data=invoices, next_cursor=next_cursor)
 
     async def _invoices(self, headers: Sequence[Record], *, include_raw: bool) -> list[Invoice]:
@@ -726,18 +747,15 @@ class SageIntacctConnector(Connector):
 
     async def list_journals(self, query: ListQuery) -> Page[Journal]:
         _check_filters(query, frozenset())
-        position = _decode_cursor(query.cursor, "journals", ("o",))
-        size = _page_size(query, 200)
-        result = await self._query(
+        journals, next_cursor = await self._offset_page(
+            "journals",
             "GLBATCH",
             m.JOURNAL_FIELDS,
-            condition=m.all_of(self._updated_since(query)),
-            pagesize=size,
-            offset=position["o"],
+            query,
+            self._updated_since(query),
+            lambda records: self._journals(records, include_raw=query.include_raw),
+            pagesize=_page_size(query, 200),
         )
-        journals = await self._journals(result.records, include_raw=query.include_raw)
-        remaining = result.data.numremaining if result.data else 0
-        next_cursor = _encode_cursor("journals", {"o": position["o"] + len(journals)}) if remaining else None
         return Page[Journal](data=journals, next_cursor=next_cursor)
 
     async def _journals(self, headers: Sequence[Record], *, include_raw: bool) -> list[Journal]:
@@ -839,32 +857,36 @@ class SageIntacctConnector(Connector):
 
     async def list_accounts(self, query: ListQuery) -> Page[Account]:
         _check_filters(query, frozenset())
-        position = _decode_cursor(query.cursor, "accounts", ("o",))
-        result = await self._query(
+
+        async def build(records: Sequence[Record]) -> list[Account]:
+            return [m.account_from_xml(r, include_raw=query.include_raw) for r in records]
+
+        accounts, next_cursor = await self._offset_page(
+            "accounts",
             "GLACCOUNT",
             m.ACCOUNT_FIELDS,
-            condition=m.all_of(self._updated_since(query)),
+            query,
+            self._updated_since(query),
+            build,
             pagesize=_page_size(query),
-            offset=position["o"],
         )
-        accounts = [m.account_from_xml(r, include_raw=query.include_raw) for r in result.records]
-        remaining = result.data.numremaining if result.data else 0
-        next_cursor = _encode_cursor("accounts", {"o": position["o"] + len(accounts)}) if remaining else None
         return Page[Account](data=accounts, next_cursor=next_cursor)
 
     async def list_tax_rates(self, query: ListQuery) -> Page[TaxRate]:
         _check_filters(query, frozenset())
-        position = _decode_cursor(query.cursor, "tax_rates", ("o",))
-        result = await self._query(
+
+        async def build(records: Sequence[Record]) -> list[TaxRate]:
+            return [m.tax_rate_from_xml(r, include_raw=query.include_raw) for r in records]
+
+        rates, next_cursor = await self._offset_page(
+            "tax_rates",
             "TAXDETAIL",
             m.TAX_FIELDS,
-            condition=m.all_of(self._updated_since(query)),
+            query,
+            self._updated_since(query),
+            build,
             pagesize=_page_size(query),
-            offset=position["o"],
         )
-        rates = [m.tax_rate_from_xml(r, include_raw=query.include_raw) for r in result.records]
-        remaining = result.data.numremaining if result.data else 0
-        next_cursor = _encode_cursor("tax_rates", {"o": position["o"] + len(rates)}) if remaining else None
         return Page[TaxRate](data=rates, next_cursor=next_cursor)
 
     # --- raw proxy (CONTRACT §8) --------------------------------------------------------------------

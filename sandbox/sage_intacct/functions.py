@@ -121,6 +121,18 @@ def parse_fields(schema: ObjectSchema, raw: str | None) -> list[str] | SimError:
     return [n.upper() for n in given]
 
 
+def _object_and_fields(body: etree._Element) -> tuple[ObjectSchema, list[str]] | FnResult:
+    """The ``object`` and ``fields`` of a read function, or the documented failure for either (§2.1)."""
+    object_name = child_text(body, "object") or ""
+    schema = _schema(object_name)
+    if schema is None:
+        return query_failed(f"Object definition {object_name} not found")
+    fields = parse_fields(schema, child_text(body, "fields"))
+    if isinstance(fields, SimError):
+        return failure(fields)
+    return schema, fields
+
+
 def _page_size(raw: str | None, maximum: int) -> int | None:
     if raw is None or raw == "":
         return 100
@@ -201,13 +213,10 @@ def _read_page(company: CompanyState, schema: ObjectSchema, cursor: Cursor) -> e
 
 
 def fn_read_by_query(ctx: Ctx, body: etree._Element) -> FnResult:
-    object_name = child_text(body, "object") or ""
-    schema = _schema(object_name)
-    if schema is None:
-        return query_failed(f"Object definition {object_name} not found")
-    fields = parse_fields(schema, child_text(body, "fields"))
-    if isinstance(fields, SimError):
-        return failure(fields)
+    target = _object_and_fields(body)
+    if isinstance(target, FnResult):
+        return target
+    schema, fields = target
     pagesize = _page_size(child_text(body, "pagesize"), READ_BY_QUERY_MAX)
     if pagesize is None:
         return query_failed(f"pagesize must be between 1 and {READ_BY_QUERY_MAX}")
@@ -248,13 +257,10 @@ def _render_listed(
 
 
 def _read_common(ctx: Ctx, body: etree._Element, by_name: bool) -> FnResult:
-    object_name = child_text(body, "object") or ""
-    schema = _schema(object_name)
-    if schema is None:
-        return query_failed(f"Object definition {object_name} not found")
-    fields = parse_fields(schema, child_text(body, "fields"))
-    if isinstance(fields, SimError):
-        return failure(fields)
+    target = _object_and_fields(body)
+    if isinstance(target, FnResult):
+        return target
+    schema, fields = target
     keys = [k.strip() for k in (child_text(body, "keys") or "").split(",") if k.strip()]
     if len(keys) > READ_MAX_KEYS:
         return query_failed(f"A maximum of {READ_MAX_KEYS} keys can be read at once")
