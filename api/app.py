@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from api import errors, transport
 from api.accounting.routes import router as accounting_router
+from api.cache import TtlCache, watch
 from api.connections.routes import router as connections_router
 from api.db import Database
 from api.middleware import GatewayMiddleware
@@ -106,16 +107,23 @@ def create_app(
         keyring=keyring,
         http=http or make_http_client(settings),
         request_log=RequestLogWriter(db),
+        principals=TtlCache(settings.cache_seconds),
+        connections=TtlCache(settings.cache_seconds),
     )
+    watch(db.session_info, "api_keys", app.state.lb.principals)
+    watch(db.session_info, "tenants", app.state.lb.principals)
+    watch(db.session_info, "connections", app.state.lb.connections)
+    watch(db.session_info, "tenants", app.state.lb.connections)
     governor = build_governor(settings)
     if governor is not None:
         app.state.lb.limiter = governor
     errors.install(app)
+    # The unified routes first: Starlette tries routes in order, and they carry most of the traffic.
     for router in (
+        accounting_router,
         ops_router,
         tenants_router,
         connections_router,
-        accounting_router,
         requestlog_router,
         proxy_router,
     ):

@@ -59,7 +59,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10) -> None:
         self.url = url
         self.engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        #: Shared by every session of this database (``api.cache.watch`` registers its caches here).
+        self.session_info: dict[str, Any] = {}
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, info=self.session_info)
         self.sqlite = is_sqlite(url)
 
     @asynccontextmanager

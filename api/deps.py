@@ -45,19 +45,33 @@ class Principal:
     api_key_id: str
 
 
-async def principal(request: Request, session: Session) -> Principal:
+async def principal(request: Request) -> Principal:
+    """The caller's tenant, from ``Authorization: Bearer lb_…`` (cached per process: ``api.cache``)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.startswith("lb_") or len(token) > 200:
         raise unauthenticated()
     digest = hash_api_key(token.strip())
-    row = (await session.execute(select(ApiKey).where(ApiKey.key_hash == digest))).scalar_one_or_none()
-    if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
-        raise unauthenticated()
+    state = app_state(request)
+    found = state.principals.get(digest)
+    if found is None:
+        generation = state.principals.generation
+        async with state.db.sessions() as session:
+            row = (
+                await session.execute(
+                    select(ApiKey.id, ApiKey.tenant_id, ApiKey.key_hash, ApiKey.revoked_at).where(
+                        ApiKey.key_hash == digest
+                    )
+                )
+            ).one_or_none()
+        if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
+            raise unauthenticated()
+        found = Principal(row.tenant_id, row.id)
+        state.principals.put(digest, found, generation)
     ctx = context.current()
     if ctx is not None:
-        ctx.tenant_id = row.tenant_id
-    return Principal(row.tenant_id, row.id)
+        ctx.tenant_id = found.tenant_id
+    return found
 
 
 Caller = Annotated[Principal, Depends(principal)]

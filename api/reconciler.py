@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from api import context, writes
+from api.connections.refs import ConnectionRef
 from api.connections.service import build_connector
 from api.errors import ApiError
 from api.idempotency import UNKNOWN
@@ -112,8 +113,9 @@ class Reconciler:
         status = 500
         outcome: writes.Outcome | None = None
         try:
-            connector = build_connector(state, connection)
-            outcome = await writes.execute(state, connection, connector, fresh)
+            ref = ConnectionRef.of(connection)
+            connector = build_connector(state, ref)
+            outcome = await writes.execute(state, ref, connector, fresh)
             status = outcome.response.status_code
             if intent.idempotency_record_id is not None:
                 await writes.settle_record(store, intent.idempotency_record_id, outcome)

@@ -32,7 +32,10 @@ class Settings(BaseSettings):
     """``Idempotency-Key`` records are kept at least this long (CONTRACT §7: at least 7 days), then reaped."""
     oauth_state_ttl_seconds: int = 600
     upstream_timeout_seconds: float = 30.0
-    http_transport: Literal["httpx", "aiohttp"] = "httpx"
+    http_transport: Literal["httpx", "aiohttp"] = "aiohttp"
+    cache_seconds: float = Field(5.0, ge=0)
+    """How long a process trusts an API key or connection row it read (``api/cache.py``; 0: never). Changes
+    made through this process apply at once; other processes see them within this time."""
     reconciler_interval_seconds: float = 30.0
     """How often the background reconciler finishes stale writes (0 turns it off)."""
     write_lease_seconds: float = Field(30.0, gt=0)

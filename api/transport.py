@@ -64,7 +64,7 @@ class AiohttpTransport(httpx_aiohttp.AiohttpTransport):
         return response
 
 
-def make_http_client(timeout_seconds: float, transport: HttpTransport = "httpx") -> httpx.AsyncClient:
+def make_http_client(timeout_seconds: float, transport: HttpTransport = "aiohttp") -> httpx.AsyncClient:
     timeout = httpx.Timeout(timeout_seconds, connect=10.0)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
     if transport == "aiohttp":

@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
 from api import context
+from api.connections.refs import ConnectionRef
 from api.connections.service import HEALTH_CODES, record_health
 from api.errors import connector_error_response, problem_response
 from api.idempotency import (
@@ -56,7 +57,7 @@ from connectors.errors import (
     UpstreamUnavailable,
 )
 from connectors.models import ContactCreate, ContactUpdate, InvoiceCreate, InvoiceVoid, JournalCreate
-from models import Connection, WriteIntent
+from models import WriteIntent
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def _now() -> dt.datetime:
 
 async def perform(
     state: AppState,
-    connection: Connection,
+    connection: ConnectionRef,
     connector: Connector,
     operation: str,
     payload: BaseModel,
@@ -229,7 +230,7 @@ async def _heartbeat(
 
 async def _new_intent(
     state: AppState,
-    connection: Connection,
+    connection: ConnectionRef,
     operation: str,
     body: dict[str, Any],
     record_id: str | None,
@@ -255,7 +256,7 @@ async def _new_intent(
 
 async def _intent_for_record(
     state: AppState,
-    connection: Connection,
+    connection: ConnectionRef,
     operation: str,
     body: dict[str, Any],
     record_id: str | None,
@@ -320,7 +321,7 @@ def _outcome_unknown(detail: str, cause: ConnectorError | None) -> Response:
 
 
 async def execute(
-    state: AppState, connection: Connection, connector: Connector, intent: WriteIntent
+    state: AppState, connection: ConnectionRef, connector: Connector, intent: WriteIntent
 ) -> Outcome:
     """Send the intent's write (with bounded inline reconciliation) and record how it ended."""
     op = OPERATIONS[intent.operation]
@@ -369,7 +370,7 @@ async def execute(
     return Outcome(_outcome_unknown(detail, unknown), final=False, unknown=True)
 
 
-async def _health(state: AppState, connection: Connection, exc: ConnectorError | None) -> None:
+async def _health(state: AppState, connection: ConnectionRef, exc: ConnectorError | None) -> None:
     if exc is None:
         await record_health(state, connection, None)
     elif exc.code in HEALTH_CODES:

@@ -1,4 +1,9 @@
-"""``python -m bench [--smoke] [--only NAME …] [--duration S]``: run the scenarios, print, write the doc."""
+"""``python -m bench [--smoke] [--only NAME …] [--duration S] [--baseline REV]``: run the scenarios, print,
+write the doc (docs/benchmarks.md).
+
+The ``fixes`` scenario measures this tree's gateway against ``--baseline REV`` (default: the last commit
+before the hot-path work of the benchmark issue), checked out in a temporary ``git worktree``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 from bench.load import WrkMissing, ensure_wrk
-from bench.scenarios import SCENARIOS, Run, Section
+from bench.scenarios import BASELINE, SCENARIOS, Run, Section
 from bench.stack import Stack
 
 
@@ -41,7 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--storm", type=int, default=None, help="concurrent calls of the refresh storm (default 500)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds of the fixes scenario (default 3)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved before/after rounds of the fixes scenario (default 3; 1 with --smoke)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        metavar="REV",
+        help=f"git revision the fixes scenario measures as 'before' (default {BASELINE}: the last commit "
+        "before the hot-path fixes)",
     )
     parser.add_argument(
         "--database-url", default="", help="gateway database (default: a temporary SQLite file)"
@@ -78,6 +93,7 @@ def run(args: argparse.Namespace) -> tuple[list[Section], dict[str, str]]:
             storm=args.storm or (20 if args.smoke else 500),
             use_wrk=not args.smoke,
             rounds=1 if args.smoke else args.rounds,
+            baseline=args.baseline,
         )
         for name in names:
             print(f"== {name} …", file=sys.stderr, flush=True)

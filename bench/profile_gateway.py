@@ -23,14 +23,17 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
     from pyinstrument import Profiler
 
-    from api import logs, migrate
+    from api import logs
+    from api.app import create_app
+    from api.cli import preflight
     from api.settings import Settings
-    from bench.gateway import factory
 
     settings = Settings()
     logs.configure(settings.log_level)
-    migrate.upgrade(settings.database_url)
-    config = uvicorn.Config(factory(), host=args.host, port=args.port, log_config=None, access_log=False)
+    preflight(settings)  # as ``ledgerbridge serve``: migrate, then check the keyring
+    config = uvicorn.Config(
+        create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False
+    )
     server = uvicorn.Server(config)
     profiler = Profiler(interval=args.interval, async_mode="disabled")
     profiler.start()

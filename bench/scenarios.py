@@ -7,26 +7,36 @@ is the gateway's own cost: the same call through the gateway minus directly to t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.load import LoadResult, Target, burst, burst_client, run_httpx, run_wrk
 from bench.memory import RssSampler, cpu_seconds, mib
-from bench.stack import Proc, Stack, StackError
+from bench.stack import REPO, Proc, Stack, StackError
 
 SAGE_MAX_PAGE = 200  # sage-accounting-wire.md: items_per_page max 200
 INTACCT_MAX_PAGE = 1000  # sage-intacct-wire.md: readByQuery pagesize 1..1000
 UNIFIED_MAX_PAGE = 200  # CONTRACT §3: page_size 1..200
 MEMORY_TARGET_MIB = 200.0
+# The last commit before the hot-path fixes of the benchmark issue (per-process caches of API keys and
+# connections, rate-limit quotas leased in blocks, aiohttp as the default upstream transport): the "before"
+# of the fixes scenario.
+BASELINE = "eb2c21d"
 
 
 @dataclass
@@ -65,20 +75,20 @@ class Run:
     storm: int = 500
     use_wrk: bool = True
     rounds: int = 3
+    baseline: str = BASELINE
     shared: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-    _gateway_key: tuple[int, str | None, bool, str] | None = None
+    _gateway_key: tuple[int, str | None, Path | None] | None = None
     _business: str = ""
     _token: str = ""
 
     # --- stack ---------------------------------------------------------------------------------------
 
-    def gateway(
-        self, workers: int = 1, transport: str | None = None, *, shim: bool = False, experiments: str = ""
-    ) -> Proc:
-        key = (workers, transport, shim, experiments)
+    def gateway(self, workers: int = 1, transport: str | None = None, *, source: Path | None = None) -> Proc:
+        """The running gateway if it matches, else a fresh one; ``source`` runs another source tree."""
+        key = (workers, transport, source)
         if self.stack.gateway is None or self._gateway_key != key:
-            self.stack.start_gateway(workers=workers, transport=transport, shim=shim, experiments=experiments)
+            self.stack.start_gateway(workers=workers, transport=transport, source=source)
             self._gateway_key = key
         assert self.stack.gateway is not None
         return self.stack.gateway
@@ -300,10 +310,8 @@ def overhead(run: Run) -> Section:
 # --- 2. throughput (and 4a memory) ---------------------------------------------------------------------
 
 
-def _throughput_row(
-    run: Run, workers: int, transport: str | None = None, *, shim: bool = False
-) -> dict[str, Any]:
-    gw = run.gateway(workers, transport, shim=shim)
+def _throughput_row(run: Run, workers: int, transport: str | None = None) -> dict[str, Any]:
+    gw = run.gateway(workers, transport)
     _, through = contacts_targets(run)
     run.warm(through)
     with RssSampler(gw.pid) as rss:
@@ -684,12 +692,8 @@ def transport(run: Run) -> Section:
         ]
     ]
     data: dict[str, Any] = {"direct": {"sequential": direct_seq.as_dict(), "throughput": direct_tp.as_dict()}}
-    from api.settings import Settings
-
-    # Until make_http_client honours LEDGERBRIDGE_HTTP_TRANSPORT itself, bench.gateway does it.
-    shim = "http_transport" not in Settings.model_fields
     for name in ("httpx", "aiohttp"):
-        gw = run.gateway(1, name, shim=shim)
+        gw = run.gateway(1, name)
         _, through = contacts_targets(run)
         run.warm(through)
         seq = run.load(through, 1)
@@ -722,12 +726,7 @@ def transport(run: Run) -> Section:
             "added p99 ms",
         ],
         notes=[
-            (
-                "Run with `python -m bench.gateway serve` (bench/transport.py): `ledgerbridge serve` with the "
-                "proposed `LEDGERBRIDGE_HTTP_TRANSPORT` switch in `make_http_client`."
-            )
-            if shim
-            else "Run with `LEDGERBRIDGE_HTTP_TRANSPORT={httpx|aiohttp} ledgerbridge serve`."
+            "Run with `LEDGERBRIDGE_HTTP_TRANSPORT={httpx|aiohttp} ledgerbridge serve`; aiohttp is the default."
         ],
         data=data,
     )
@@ -872,89 +871,194 @@ def profile(run: Run) -> Section:
 SCENARIOS["profile"] = profile
 
 
-# --- 8. candidate fixes ---------------------------------------------------------------------------------------
+# --- 8. before/after the hot-path work ------------------------------------------------------------------
 
-FIX_STEPS: tuple[tuple[str, str], ...] = (
-    ("as shipped (`bench.gateway`, no experiment)", ""),
-    ("+ async dependencies", "async-deps"),
-    ("+ JSON rendered by pydantic-core", "async-deps,json-direct"),
-    ("+ API key and connection cached 5 s", "async-deps,json-direct,auth-cache,conn-cache"),
-    (
-        "+ no rate governor (upper bound, not a fix)",
-        "async-deps,json-direct,auth-cache,conn-cache,no-limiter",
-    ),
-)
+
+class BaselineUnavailable(Exception):
+    """The baseline revision cannot be checked out here (no git, not a repository, a shallow clone …)."""
+
+
+def _git(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _remove_worktree(path: Path) -> None:
+    _git("worktree", "remove", "--force", str(path))
+    shutil.rmtree(path, ignore_errors=True)
+    _git("worktree", "prune")
+
+
+@contextlib.contextmanager
+def baseline_worktree(rev: str, workdir: Path) -> Iterator[tuple[Path, str]]:
+    """A detached ``git worktree`` of ``rev`` under ``workdir``, removed on exit (also on error).
+
+    Yields its path and the full commit id; raises :class:`BaselineUnavailable` when git or the revision is
+    missing.
+    """
+    if shutil.which("git") is None:
+        raise BaselineUnavailable("git is not installed")
+    resolved = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if resolved.returncode != 0:
+        shallow = _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true"
+        raise BaselineUnavailable(
+            f"revision `{rev}` is not in the history of {REPO}"
+            + (" (a shallow clone: `git fetch --unshallow` first)" if shallow else "")
+            + (f": {resolved.stderr.strip()}" if resolved.stderr.strip() else "")
+        )
+    commit = resolved.stdout.strip()
+    path = workdir / ("baseline-" + re.sub(r"[^A-Za-z0-9._-]", "_", rev))
+    if path.exists():  # left over from an interrupted run with the same --workdir
+        _remove_worktree(path)
+    added = _git("worktree", "add", "--detach", str(path), commit)
+    if added.returncode != 0:
+        shutil.rmtree(path, ignore_errors=True)
+        _git("worktree", "prune")
+        raise BaselineUnavailable(f"`git worktree add` of `{rev}` failed: {added.stderr.strip()[-500:]}")
+    try:
+        yield path, commit
+    finally:
+        _remove_worktree(path)
+
+
+def _check_source_imports(source: Path) -> None:
+    """The gateway started with ``source`` must import that tree's packages, not the editable install."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import api, connectors, models, migrations as m; print(api.__file__)"],
+        cwd=source,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(source), os.environ.get("PYTHONPATH", "")) if p),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    where = Path(out.stdout.strip() or "?").resolve()
+    if out.returncode != 0 or not where.is_relative_to(source.resolve()):
+        raise StackError(f"the baseline tree at {source} imports `api` from {where}: {out.stderr[-500:]}")
+
+
+FixSample = tuple[LoadResult, LoadResult, LoadResult]
 
 
 def fixes(run: Run) -> Section:
-    """The candidate hot-path fixes of bench/experiments.py, cumulatively, on GET /v1/contacts.
+    """GET /v1/contacts through the gateway of ``run.baseline`` (a git worktree) and of this tree.
 
-    The variants are interleaved over ``run.rounds`` rounds and each figure is the median over the rounds,
-    so a neighbour's load burst on a shared machine skews one sample, not one variant.
+    The two gateways alternate over ``run.rounds`` rounds and each figure is the median over the rounds, so
+    a neighbour's load burst on a shared machine skews one sample, not one side.
     """
+    title = (
+        "8. Before/after the hot-path work (GET /v1/contacts, 1 worker, "
+        f"median of {run.rounds} interleaved rounds)"
+    )
+    header = [
+        "gateway",
+        "added p50 ms (1 conn)",
+        "added p99 ms (1 conn)",
+        "CPU ms/call (1 conn)",
+        f"req/s ({run.connections} conns)",
+        f"CPU ms/call ({run.connections} conns)",
+        "calls",
+        "errors",
+    ]
     run.ensure_connections()
     direct_t, _ = contacts_targets(run)
     run.warm(direct_t)
-    # Smoke: the first and the last step (the last applies every experiment, so all their code runs).
-    steps = (FIX_STEPS[0], FIX_STEPS[-1]) if run.smoke else FIX_STEPS
-    samples: dict[str, list[tuple[LoadResult, LoadResult, LoadResult]]] = {e: [] for _, e in steps}
-    for _ in range(run.rounds):
-        for _label, experiments in steps:
-            gw = run.gateway(1, experiments=experiments or "none")
-            _, through = contacts_targets(run)
-            run.warm(through)
-            direct = run.load(direct_t, 1)
-            seq = run.load(through, 1, gw.pid)
-            tp = run.load(through, run.connections, gw.pid)
-            samples[experiments].append((direct, seq, tp))
-    rows: list[list[str]] = []
-    data: dict[str, Any] = {}
+    before_label, after_label = f"before (`{run.baseline}`)", "after (this tree)"
+    samples: dict[str, list[FixSample]] = {"before": [], "after": []}
+    try:
+        with baseline_worktree(run.baseline, run.stack.workdir) as (source, commit):
+            _check_source_imports(source)
+            sources: dict[str, Path | None] = {"before": source, "after": None}
+            try:
+                for round_no in range(run.rounds):
+                    # Alternate the order (and reuse the gateway that ended the previous round).
+                    order = ("before", "after") if round_no % 2 == 0 else ("after", "before")
+                    for side in order:
+                        gw = run.gateway(1, source=sources[side])
+                        _, through = contacts_targets(run)
+                        run.warm(through)
+                        direct = run.load(direct_t, 1)
+                        seq = run.load(through, 1, gw.pid)
+                        tp = run.load(through, run.connections, gw.pid)
+                        samples[side].append((direct, seq, tp))
+            finally:
+                run.stack.stop_gateway()  # never leave a gateway running from a tree about to be removed
+                run._gateway_key = None
+    except BaselineUnavailable as exc:
+        print(f"!! fixes skipped: {exc}", file=sys.stderr, flush=True)
+        run.gateway(1)
+        return Section(
+            "fixes",
+            title,
+            [],
+            header,
+            notes=[f"Skipped: {exc}. Pass another revision with `--baseline REV`."],
+            data={"skipped": str(exc), "baseline": run.baseline},
+        )
+    run.gateway(1)
 
     def med(values: list[float]) -> float:
         return statistics.median(values)
 
-    for label, experiments in steps:
-        runs = samples[experiments]
-        added50 = med([s.p50_ms - d.p50_ms for d, s, _ in runs])
-        added99 = med([s.p99_ms - d.p99_ms for d, s, _ in runs])
-        cpu_seq = med([s.cpu_ms or 0.0 for _, s, _ in runs])
-        rps = med([t.rps for _, _, t in runs])
-        cpu_tp = med([t.cpu_ms or 0.0 for _, _, t in runs])
-        errors = sum(s.errors + t.errors for _, s, t in runs)
-        rows.append(
-            [label, ms(added50), ms(added99), f"{cpu_seq:.2f}", f"{rps:.0f}", f"{cpu_tp:.2f}", str(errors)]
-        )
-        data[experiments or "none"] = {
-            "added_p50_ms": added50,
-            "added_p99_ms": added99,
-            "cpu_ms_sequential": cpu_seq,
-            "rps": rps,
-            "cpu_ms_throughput": cpu_tp,
-            "errors": errors,
+    rows: list[list[str]] = []
+    data: dict[str, Any] = {"baseline": run.baseline, "baseline_commit": commit}
+    for side, label in (("before", before_label), ("after", after_label)):
+        runs = samples[side]
+        entry: dict[str, Any] = {
+            "added_p50_ms": med([s.p50_ms - d.p50_ms for d, s, _ in runs]),
+            "added_p99_ms": med([s.p99_ms - d.p99_ms for d, s, _ in runs]),
+            "cpu_ms_sequential": med([s.cpu_ms or 0.0 for _, s, _ in runs]),
+            "rps": med([t.rps for _, _, t in runs]),
+            "cpu_ms_throughput": med([t.cpu_ms or 0.0 for _, _, t in runs]),
+            "requests": sum(s.requests + t.requests for _, s, t in runs),
+            "errors": sum(s.errors + t.errors for _, s, t in runs),
             "rounds": [
                 {"direct": d.as_dict(), "gateway": s.as_dict(), "throughput": t.as_dict()} for d, s, t in runs
             ],
         }
-    run.gateway(1)
-    return Section(
-        "fixes",
-        f"8. Candidate fixes, cumulative (GET /v1/contacts, 1 worker, median of {run.rounds} interleaved rounds)",
-        rows,
-        [
-            "gateway",
-            "added p50 ms (1 conn)",
-            "added p99 ms (1 conn)",
-            "CPU ms/call (1 conn)",
-            f"req/s ({run.connections} conns)",
-            f"CPU ms/call ({run.connections} conns)",
-            "errors",
-        ],
-        notes=[
-            "Applied from outside `api/` by `bench/experiments.py` (`LEDGERBRIDGE_BENCH_EXPERIMENTS`); "
-            "each row adds one change to the row above."
-        ],
-        data=data,
-    )
+        data[side] = entry
+        rows.append(
+            [
+                label,
+                ms(entry["added_p50_ms"]),
+                ms(entry["added_p99_ms"]),
+                f"{entry['cpu_ms_sequential']:.2f}",
+                f"{entry['rps']:.0f}",
+                f"{entry['cpu_ms_throughput']:.2f}",
+                str(entry["requests"]),
+                str(entry["errors"]),
+            ]
+        )
+    before, after = data["before"], data["after"]
+
+    def ratio(key: str) -> str:
+        return f"×{after[key] / before[key]:.2f}" if before[key] else "–"
+
+    notes = [
+        f"before: `{run.baseline}` ({commit[:12]})"
+        + (
+            ", the last commit before the hot-path fixes (per-process caches of API keys and connections, "
+            "rate-limit quotas leased in blocks, aiohttp as the default transport), run as it shipped "
+            "(its default transport httpx)"
+            if run.baseline == BASELINE
+            else ", run with its own defaults"
+        )
+        + ", by `python -m api.cli serve` from a `git worktree`; after: `ledgerbridge serve` of this tree "
+        "(default transport aiohttp). Same simulator, database, tenant and connection.",
+        f"after vs before: req/s {ratio('rps')}, CPU per call {ratio('cpu_ms_throughput')} at "
+        f"{run.connections} connections and {ratio('cpu_ms_sequential')} at 1; added p50 "
+        f"{ms(before['added_p50_ms'])} → {ms(after['added_p50_ms'])} ms.",
+    ]
+    if os.environ.get("LEDGERBRIDGE_HTTP_TRANSPORT"):
+        notes.append(
+            f"LEDGERBRIDGE_HTTP_TRANSPORT={os.environ['LEDGERBRIDGE_HTTP_TRANSPORT']} was set in the bench's "
+            "environment, so both gateways used it: unset it to compare each as it shipped."
+        )
+    return Section("fixes", title, rows, header, notes=notes, data=data)
 
 
 SCENARIOS["fixes"] = fixes

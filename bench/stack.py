@@ -117,12 +117,19 @@ class Stack:
 
     # --- processes ---------------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None) -> Proc:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO,
+    ) -> Proc:
         log = self.workdir / f"{name}.log"
         handle = log.open("ab")
         popen = subprocess.Popen(
             argv,
-            cwd=REPO,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -212,22 +219,33 @@ class Stack:
         return env
 
     def start_gateway(
-        self, *, workers: int = 1, transport: str | None = None, shim: bool = False, experiments: str = ""
+        self, *, workers: int = 1, transport: str | None = None, source: Path | None = None
     ) -> Proc:
-        """``ledgerbridge serve`` (or, with ``shim``, ``bench.gateway`` whose client honours ``transport``)."""
+        """``ledgerbridge serve``; ``transport`` sets ``LEDGERBRIDGE_HTTP_TRANSPORT`` (unset: the default).
+
+        With ``source``, the gateway runs from that source tree (e.g. a ``git worktree`` of an older
+        revision) instead of this checkout: ``python -m api.cli serve`` with ``cwd`` and ``PYTHONPATH`` set
+        to it, so its ``api``, ``connectors``, ``models`` and ``migrations`` shadow the editable install.
+        """
         self.stop_gateway()
         port = free_port()
         url = f"http://{HOST}:{port}"
         env = self.gateway_env(url)
         if transport:
             env["LEDGERBRIDGE_HTTP_TRANSPORT"] = transport
-        if experiments:
-            env["LEDGERBRIDGE_BENCH_EXPERIMENTS"] = experiments
-            shim = True
-        base = [_python(), "-m", "bench.gateway"] if shim else ledgerbridge_command()
+        cwd = REPO
+        base = ledgerbridge_command()
+        if source is not None:
+            cwd = source
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(source), os.environ.get("PYTHONPATH", "")) if p
+            )
+            base = [_python(), "-m", "api.cli"]
         argv = [*base, "serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
-        name = f"gateway-w{workers}-{transport or 'default'}" + (f"-{experiments}" if experiments else "")
-        self.gateway = self._spawn(name, argv, port, env)
+        name = f"gateway-w{workers}-" + ("baseline" if source is not None else transport or "default")
+        if source is not None and transport:
+            name += f"-{transport}"
+        self.gateway = self._spawn(name, argv, port, env, cwd=cwd)
         self._wait_ready(self.gateway, "/healthz", timeout=60.0)
         if workers > 1:
             self._wait_workers(self.gateway, workers)

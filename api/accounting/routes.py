@@ -12,8 +12,9 @@ from pydantic import ValidationError as PydanticValidationError
 from starlette.responses import Response
 
 from api import writes
+from api.connections.refs import ConnectionRef, load_connection
 from api.connections.service import HEALTH_CODES, build_connector, record_health
-from api.deps import Repo, app_state
+from api.deps import app_state, principal
 from api.errors import ApiError
 from api.idempotency import parse_key
 from api.schemas import UNIFIED_READ_ERRORS, UNIFIED_WRITE_ERRORS
@@ -34,7 +35,6 @@ from connectors.models import (
     ValidationReport,
     journal_problems,
 )
-from models import Connection
 
 router = APIRouter(tags=["accounting"])
 
@@ -48,7 +48,7 @@ ConnectionHeader = Annotated[
 class Bound:
     """A connector built for this request, with its connection row."""
 
-    def __init__(self, request: Request, connection: Connection, connector: Connector) -> None:
+    def __init__(self, request: Request, connection: ConnectionRef, connector: Connector) -> None:
         self.request = request
         self.connection = connection
         self.connector = connector
@@ -66,17 +66,19 @@ class Bound:
 
 
 def bound(resource: Resource, operation: Operation) -> Callable[..., Awaitable[Bound]]:
-    async def dependency(request: Request, repo: Repo, x_connection_id: ConnectionHeader) -> Bound:
-        connection = await repo.connection(x_connection_id)
-        # Hand the request's pooled connection back while the upstream call runs (the write path and health
-        # bookkeeping use short sessions of their own): a request never holds two pool connections at once.
-        await repo.session.commit()
-        cls_supports = build_connector(app_state(request), connection)
-        if not type(cls_supports).supports(resource, operation):
+    async def dependency(request: Request, x_connection_id: ConnectionHeader) -> Bound:
+        # principal() called here rather than declared as a sub-dependency: one FastAPI dependency per call.
+        caller = await principal(request)
+        state = app_state(request)
+        # No database session on this path when the caches are warm (api/cache.py): the write path and
+        # health bookkeeping open short sessions of their own.
+        connection = await load_connection(state, caller.tenant_id, x_connection_id)
+        connector = build_connector(state, connection)
+        if not type(connector).supports(resource, operation):
             raise UnsupportedOperation(
-                f"{type(cls_supports).info.display_name} does not support {operation.value} on {resource.value}"
+                f"{type(connector).info.display_name} does not support {operation.value} on {resource.value}"
             )
-        return Bound(request, connection, cls_supports)
+        return Bound(request, connection, connector)
 
     return dependency
 

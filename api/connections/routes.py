@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import delete, select, update
 
+from api.connections.refs import ConnectionRef
 from api.connections.service import (
     build_connector,
     connection_view,
@@ -207,15 +208,16 @@ async def check_connection(connection_id: str, request: Request, repo: Repo) -> 
     """A live credential check against the upstream; the result lands on the connection's ``health``."""
     state = app_state(request)
     connection = await repo.connection(connection_id)
+    ref = ConnectionRef.of(connection)
     if connection.status in ("pending_authorization", "revoked"):
-        build_connector(state, connection)
-    connector = build_connector(state, connection, require_active=False)
+        build_connector(state, ref)
+    connector = build_connector(state, ref, require_active=False)
     try:
         result = await connector.check()
     except ConnectorError as exc:
-        await record_health(state, connection, f"{exc.code}: {exc.detail}")
+        await record_health(state, ref, f"{exc.code}: {exc.detail}")
         raise
-    await record_health(state, connection, None if result.ok else result.detail)
+    await record_health(state, ref, None if result.ok else result.detail)
     await repo.session.refresh(connection)
     if result.settings:
         connection.settings = {**(connection.settings or {}), **result.settings}
@@ -229,7 +231,7 @@ async def delete_connection(connection_id: str, request: Request, repo: Repo) ->
     connection = await repo.connection(connection_id)
     if connection.status != "revoked" and connection.credentials_version > 0:
         try:
-            await build_connector(state, connection, require_active=False).revoke()
+            await build_connector(state, ConnectionRef.of(connection), require_active=False).revoke()
         except ConnectorError:
             pass  # best effort: the credentials are erased either way
     await repo.session.execute(delete(Credential).where(Credential.connection_id == connection.id))
@@ -292,7 +294,7 @@ async def oauth_callback(
     connection.settings = {**(connection.settings or {}), **tokens.settings}
     connection.status = "active"
     await session.commit()
-    result = await build_connector(lb, connection).check()
+    result = await build_connector(lb, ConnectionRef.of(connection)).check()
     connection.settings = {**connection.settings, **result.settings}
     has_business = bool(connection.settings.get("business_id"))
     connection.status = "active" if has_business else "business_selection_required"

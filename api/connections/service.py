@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import update
 
 from api import context
+from api.cache import KEEPS_CACHES
+from api.connections.refs import ConnectionRef
 from api.connections.store import DbCredentialStore
 from api.errors import ApiError
 from api.schemas import ConnectionView, Health
@@ -16,6 +20,8 @@ from api.upstream import GatewayGate
 from connectors import registry
 from connectors.base import Connector, ConnectorContext
 from models import Connection
+
+log = logging.getLogger(__name__)
 
 HEALTH_SUCCESS_INTERVAL = dt.timedelta(seconds=30)
 
@@ -51,7 +57,7 @@ def connector_class(provider: str) -> type[Connector]:
     return cls
 
 
-def build_connector(state: AppState, connection: Connection, *, require_active: bool = True) -> Connector:
+def build_connector(state: AppState, connection: ConnectionRef, *, require_active: bool = True) -> Connector:
     if require_active and connection.status != "active":
         status, code, detail = _BLOCKED.get(
             connection.status, (409, "connection_inactive", "Inactive connection")
@@ -96,17 +102,41 @@ def connection_view(row: Connection, authorization_url: str | None = None) -> Co
     )
 
 
-async def record_health(state: AppState, connection: Connection, error: str | None) -> None:
-    """Note a call's outcome on the connection (successes at most every 30 s, errors always)."""
+async def record_health(state: AppState, connection: ConnectionRef, error: str | None) -> None:
+    """Note a call's outcome on the connection: successes at most every 30 s, errors as they come but one
+    write at a time per connection and process (a burst of concurrent calls makes one write, not one each:
+    on SQLite a herd of writers waits on the one write lock for seconds). Never fails the caller's call."""
     now = dt.datetime.now(dt.UTC)
     if error is None:
-        if (
-            connection.last_success_at is not None
-            and now - connection.last_success_at < HEALTH_SUCCESS_INTERVAL
-        ):
+        seen = [t for t in (connection.last_success_at, state.health_success.get(connection.id)) if t]
+        if seen and now - max(seen) < HEALTH_SUCCESS_INTERVAL:
             return
+        state.health_success[connection.id] = now  # before the write: concurrent successes skip it
         values: dict[str, Any] = {"last_success_at": now}
     else:
+        if connection.id in state.health_errors:
+            return
+        state.health_errors.add(connection.id)
         values = {"last_error_at": now, "last_error": error[:1000]}
-    async with state.db.session() as session:
-        await session.execute(update(Connection).where(Connection.id == connection.id).values(**values))
+    try:
+        async with state.db.session() as session:
+            # Health fields are not part of the cached snapshot (but ``last_success_at``, updated below): no
+            # need to drop every cached connection of the process each time one of them succeeds.
+            await session.execute(
+                update(Connection)
+                .where(Connection.id == connection.id)
+                .values(**values)
+                .execution_options(**KEEPS_CACHES)
+            )
+    except Exception:
+        log.warning("could not record the health of connection %s", connection.id, exc_info=True)
+        if error is None:
+            state.health_success.pop(connection.id, None)  # a later success tries again
+        return
+    finally:
+        if error is not None:
+            state.health_errors.discard(connection.id)
+    if error is None:
+        state.connections.update(
+            (connection.tenant_id, connection.id), lambda ref: replace(ref, last_success_at=now)
+        )

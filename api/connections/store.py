@@ -18,6 +18,7 @@ import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +27,9 @@ from api.db import Database
 from api.vault import Keyring
 from connectors.base import StoredSecrets
 from models import Connection, Credential
+
+if TYPE_CHECKING:
+    from api.connections.refs import ConnectionRef
 
 
 @dataclass
@@ -96,7 +100,7 @@ async def write_secrets(
 class DbCredentialStore:
     """A connection's secrets for one request."""
 
-    def __init__(self, db: Database, keyring: Keyring, cache: SecretCache, connection: Connection) -> None:
+    def __init__(self, db: Database, keyring: Keyring, cache: SecretCache, connection: ConnectionRef) -> None:
         self.db = db
         self.keyring = keyring
         self.cache = cache

@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from starlette.responses import Response
 
 from api import context
+from api.connections.refs import ConnectionRef
 from api.errors import TYPE_BASE, connector_error_response
 from api.idempotency import RELEASED, IdempotencyStore, StoredResult, every, fingerprint, parse_key
 from api.state import AppState
@@ -29,7 +30,6 @@ from connectors.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from models import Connection
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -75,7 +75,7 @@ def _heartbeat(store: IdempotencyStore, record_id: str, interval: float) -> Abst
 
 async def once(
     state: AppState,
-    connection: Connection,
+    connection: ConnectionRef,
     *,
     method: str,
     route: str,

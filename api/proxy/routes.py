@@ -17,14 +17,14 @@ from fastapi import APIRouter, Header, Path, Request, Response
 from starlette.convertors import Convertor, register_url_convertor
 
 from api import context
+from api.connections.refs import ConnectionRef, load_connection
 from api.connections.service import HEALTH_CODES, build_connector, record_health
-from api.deps import Repo, app_state
+from api.deps import Caller, app_state
 from api.errors import ApiError, problem_response
 from api.proxy import replay, safety
 from api.schemas import problem_responses
 from connectors.base import ProxyResponse
 from connectors.errors import ConnectorError
-from models import Connection
 
 router = APIRouter(tags=["proxy"])
 
@@ -98,7 +98,7 @@ async def _body(request: Request) -> bytes:
     return body
 
 
-def _wrong_route(connection: Connection) -> ApiError:
+def _wrong_route(connection: ConnectionRef) -> ApiError:
     routes = {
         "sage_accounting": "/v1/proxy/{path}",
         "sage_intacct": "POST /v1/proxy/xml and /v1/proxy/rest/{path}",
@@ -110,7 +110,7 @@ def _wrong_route(connection: Connection) -> ApiError:
 
 
 async def _forward(
-    request: Request, connection: Connection, call: Callable[[], Awaitable[ProxyResponse]]
+    request: Request, connection: ConnectionRef, call: Callable[[], Awaitable[ProxyResponse]]
 ) -> Response:
     state = app_state(request)
     try:
@@ -138,10 +138,10 @@ async def _forward(
     return Response(content=content, status_code=upstream.status, headers=headers)
 
 
-async def proxy_intacct_xml(request: Request, repo: Repo, x_connection_id: ConnectionHeader) -> Response:
+async def proxy_intacct_xml(request: Request, caller: Caller, x_connection_id: ConnectionHeader) -> Response:
     """Sage Intacct: the body's ``<function>`` elements (or one ``<content>``) are wrapped in the
     control/authentication envelope with the connection's session; the upstream XML comes back unchanged."""
-    connection = await repo.connection(x_connection_id)
+    connection = await load_connection(app_state(request), caller.tenant_id, x_connection_id)
     if connection.provider != "sage_intacct":
         raise _wrong_route(connection)
     functions = safety.vet_functions(await _body(request))
@@ -161,27 +161,27 @@ async def proxy_intacct_xml(request: Request, repo: Repo, x_connection_id: Conne
 
 
 async def proxy_intacct_rest(
-    path: UpstreamPath, request: Request, repo: Repo, x_connection_id: ConnectionHeader
+    path: UpstreamPath, request: Request, caller: Caller, x_connection_id: ConnectionHeader
 ) -> Response:
     """Sage Intacct REST: ``{rest_url}/{path}`` with the connection's bearer token."""
-    connection = await repo.connection(x_connection_id)
+    connection = await load_connection(app_state(request), caller.tenant_id, x_connection_id)
     if connection.provider != "sage_intacct":
         raise _wrong_route(connection)
     return await _passthrough(request, connection, "/v1/proxy/rest/", reserved=_INTACCT_REST_RESERVED)
 
 
 async def proxy_any(
-    path: UpstreamPath, request: Request, repo: Repo, x_connection_id: ConnectionHeader
+    path: UpstreamPath, request: Request, caller: Caller, x_connection_id: ConnectionHeader
 ) -> Response:
     """Sage Accounting: ``{api_url}/{path}`` with the connection's token and ``X-Business``."""
-    connection = await repo.connection(x_connection_id)
+    connection = await load_connection(app_state(request), caller.tenant_id, x_connection_id)
     if connection.provider != "sage_accounting":
         raise _wrong_route(connection)
     return await _passthrough(request, connection, "/v1/proxy/")
 
 
 async def _passthrough(
-    request: Request, connection: Connection, prefix: str, *, reserved: frozenset[str] = frozenset()
+    request: Request, connection: ConnectionRef, prefix: str, *, reserved: frozenset[str] = frozenset()
 ) -> Response:
     relative = _relative(request, prefix)
     if relative.split("/", 1)[0].lower() in reserved:

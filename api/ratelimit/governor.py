@@ -6,6 +6,13 @@ Per upstream attempt (``admit``):
 2. concurrency leases (per app, per company): callers queue in-process (at most ``limit`` of them touch the
    store), then lease a shared slot, polling for at most ``concurrency_wait`` seconds → 429 otherwise;
 3. one atomic count in every quota bucket (tenant, app, …), which also checks blocks set by other replicas.
+   A large quota is counted in blocks (:func:`lease_units`: 1 % of it, at most 100 calls): the process
+   takes a block with one statement and spends it in memory, so the Sage daily budget costs one database
+   write per 100 calls instead of one per call. Blocks are taken atomically, so every replica together still
+   never admits more than the quota; the price is that a replica may sit on up to a block's unused calls
+   while another is refused (a quota under 200 is counted call by call, exactly as before). What a process
+   still holds is given back when it stops; blocks set by other replicas reach it through the states it
+   re-reads for response headers (at most ``STATE_TTL`` old).
 
 ``observe`` turns an upstream 429 (with or without ``Retry-After``: ``default_retry_after`` then) or
 rate-limit headers into a block of the provider's signalled policies, shared through the store, so later
@@ -23,7 +30,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from api.ratelimit.headers import PolicyStatus, render, seconds
 from api.ratelimit.policies import Policy
@@ -39,6 +46,15 @@ STATE_TTL = 1.0
 CONCURRENCY_RETRY_AFTER = 1.0
 BLOCK_WINDOW = 86_400
 """Window of the block-only bucket a concurrency policy keeps for upstream signals."""
+LEASE_FRACTION = 100
+LEASE_MAX = 100
+
+
+def lease_units(policy: Policy) -> int:
+    """How many calls of ``policy``'s quota a process counts in the store at once."""
+    if policy.kind != "quota":
+        return 1
+    return max(1, min(LEASE_MAX, policy.limit // LEASE_FRACTION))
 
 
 class GatewayRateLimited(RateLimited):
@@ -64,6 +80,14 @@ class _Applied:
         if self.policy.kind == "quota":
             return Bucket(self.key, self.policy.limit, self.policy.window)
         return Bucket(self.key, None, BLOCK_WINDOW)
+
+
+@dataclass
+class _Allowance:
+    """Calls of a quota window this process has counted in the store but not spent yet."""
+
+    window_start: float
+    units: int
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,11 @@ class Governor:
         self._queues: dict[str, asyncio.Semaphore] = {}
         self._released: dict[str, asyncio.Event] = {}
         self._pending: set[asyncio.Future[None]] = set()
+        self._allowance: dict[str, _Allowance] = {}
+        self._applied_cache: dict[tuple[str, str, str, str | None], list[_Applied]] = {}
+        self._asking: dict[str, asyncio.Event] = {}
+        """Buckets with a store call of this process in flight: their state is being refreshed, so other calls
+        need not ask too (no herd of identical statements each time a state turns ``STATE_TTL`` old)."""
 
     async def start(self) -> None:
         await self.store.start()
@@ -110,7 +139,18 @@ class Governor:
     async def close(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._give_back_allowance()
         await self.store.close()
+
+    async def _give_back_allowance(self) -> None:
+        """Uncount the calls this process counted but never made (their window may still be running)."""
+        allowance, self._allowance = self._allowance, {}
+        for key, left in allowance.items():
+            if left.units > 0:
+                try:
+                    await self.store.give_back(key, left.window_start, left.units)
+                except Exception:
+                    log.warning("could not give back unused rate budget", exc_info=True)
 
     # --- which budgets a call touches ------------------------------------------------------------------
 
@@ -123,8 +163,14 @@ class Governor:
         return applied
 
     def _for_call(self, call: UpstreamCall, tenant_id: str) -> list[_Applied]:
-        policies = [p for p in self.policies if p.applies(call.provider, call.kind)]
-        return self._applied(policies, tenant_id, call.scope)
+        key = (call.provider, call.kind, tenant_id, call.scope)
+        applied = self._applied_cache.get(key)
+        if applied is None:
+            if len(self._applied_cache) >= 10_000:
+                self._applied_cache.clear()
+            policies = [p for p in self.policies if p.applies(call.provider, call.kind)]
+            applied = self._applied_cache[key] = self._applied(policies, tenant_id, call.scope)
+        return applied
 
     # --- admission --------------------------------------------------------------------------------------
 
@@ -189,9 +235,116 @@ class Governor:
             retry_after=retry_after,
         )
 
+    def _to_count(self, applied: list[_Applied], now: float) -> list[Bucket]:
+        """What this call must count in the store: ``[]`` when this process's allowance covers every quota
+        and it saw every bucket's state less than ``STATE_TTL`` ago; else a block for each quota it lacks,
+        nothing (0: only the block and window checks) for the quotas it covers."""
+        lacking = {
+            a.key
+            for a in applied
+            if a.policy.kind == "quota" and not self._covered(a.key, a.policy.window, now)
+        }
+        if not lacking and all(
+            a.key in self._asking or (a.key in self._states and now - self._states[a.key][1] < STATE_TTL)
+            for a in applied
+        ):
+            return []
+        return [
+            replace(a.bucket, units=lease_units(a.policy) if a.key in lacking else 0)
+            if a.policy.kind == "quota"
+            else a.bucket
+            for a in applied
+        ]
+
+    def _ask(self, keys: set[str]) -> list[str]:
+        """Mark ``keys`` as being asked of the store by this call; returns the ones it marked."""
+        mine = [k for k in keys if k not in self._asking]
+        for key in mine:
+            self._asking[key] = asyncio.Event()
+        return mine
+
+    def _asked(self, keys: list[str]) -> None:
+        for key in keys:
+            event = self._asking.pop(key, None)
+            if event is not None:
+                event.set()
+
+    async def _await_blocks(self, applied: list[_Applied], now: float) -> bool:
+        """Wait for a block another call of this process is taking for a quota this call lacks (one
+        statement for the burst, not one per call). True when it waited (plan again)."""
+        pending = [
+            self._asking[a.key]
+            for a in applied
+            if a.policy.kind == "quota"
+            and a.key in self._asking
+            and not self._covered(a.key, a.policy.window, now)
+        ]
+        if not pending:
+            return False
+        await pending[0].wait()
+        return True
+
+    def _covered(self, key: str, window: int, now: float) -> bool:
+        left = self._allowance.get(key)
+        return left is not None and left.units > 0 and left.window_start == (now // window) * window
+
+    def _plan(self, applied: list[_Applied], now: float) -> tuple[list[Bucket], list[_Allowance]]:
+        """What to count in the store, and the allowance already spent on this call (synchronously, so
+        concurrent calls of this process never spend one unit twice; :meth:`_refund` on a refusal)."""
+        buckets = self._to_count(applied, now)
+        counted = {b.key for b in buckets if b.units > 0}
+        reserved = []
+        for a in applied:
+            if a.policy.kind == "quota" and a.key not in counted:
+                left = self._allowance[a.key]
+                left.units -= 1
+                reserved.append(left)
+        return buckets, reserved
+
+    @staticmethod
+    def _refund(reserved: list[_Allowance]) -> None:
+        for left in reserved:
+            left.units += 1
+
+    def _credit(self, counted: list[Bucket], now: float) -> None:
+        """Keep what the store counted beyond this call as this process's allowance."""
+        for b in counted:
+            if b.quota is None or b.units <= 1:
+                continue
+            window_start = b.window_start(now)
+            left = self._allowance.get(b.key)
+            if left is None or left.window_start != window_start:
+                left = self._allowance[b.key] = _Allowance(window_start, 0)
+            left.units += b.units - 1
+
+    @staticmethod
+    def _single(buckets: list[Bucket]) -> list[Bucket] | None:
+        """After a refused block: the same buckets one call at a time (the quota may have less than a
+        block left), or None when they already were."""
+        if all(b.units <= 1 for b in buckets):
+            return None
+        return [replace(b, units=min(b.units, 1)) for b in buckets]
+
     async def _take(self, applied: list[_Applied], call: UpstreamCall) -> None:
         now = self.clock()
-        self._settle(applied, await self.store.take([a.bucket for a in applied], now), now, call)
+        while await self._await_blocks(applied, now):
+            now = self.clock()
+        buckets, reserved = self._plan(applied, now)
+        if not buckets:
+            return
+        asking = self._ask({b.key for b in buckets})
+        try:
+            result = await self.store.take(buckets, now)
+            single = None if result.admitted else self._single(buckets)
+            if single is not None:
+                buckets, result = single, await self.store.take(single, now)
+            self._settle(applied, result, now, call)
+        except BaseException:
+            self._refund(reserved)
+            raise
+        finally:
+            self._asked(asking)
+        self._credit(buckets, now)
 
     def _settle(self, applied: list[_Applied], result: TakeResult, now: float, call: UpstreamCall) -> None:
         """Remember what the store said; raise the refusal (the longest wait) if it refused."""
@@ -229,16 +382,35 @@ class Governor:
         holder = secrets.token_hex(8)
         pause = 0.005
         try:
-            buckets = [a.bucket for a in quota]
+            plan: tuple[list[Bucket], list[_Allowance]] | None = None
             while True:
                 now = self.clock()
-                slot, taken = await self.store.claim_take(
-                    applied.key, policy.limit, holder, now, self.lease_ttl, buckets
-                )
-                if slot is not None:
-                    if taken is not None:
+                if plan is None:
+                    while await self._await_blocks(quota, now):
+                        now = self.clock()
+                    plan = self._plan(quota, now)
+                buckets, reserved = plan
+                asking = self._ask({b.key for b in buckets})
+                try:
+                    slot, taken = await self.store.claim_take(
+                        applied.key, policy.limit, holder, now, self.lease_ttl, buckets
+                    )
+                    if slot is not None and taken is not None:
+                        single = None if taken.admitted else self._single(buckets)
+                        if single is not None:
+                            plan = (single, reserved)
+                            continue  # the store gave the slot back: claim again, one call at a time
                         self._settle(quota, taken, now, call)  # a refusal: the store gave the slot back
+                except BaseException:
+                    self._refund(reserved)
+                    raise
+                finally:
+                    self._asked(asking)
+                if slot is not None:
+                    self._credit(buckets, now)
                     return _Lease(applied.key, slot, holder)
+                self._refund(reserved)
+                plan = None
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._inflight[applied.key] = (policy.limit, self.clock())
@@ -312,24 +484,34 @@ class Governor:
         if not applied:
             return {}
         now = self.clock()
+        # A stale state that another call of this process is already refreshing is used as it is.
         stale_buckets = [
             a.bucket
             for a in applied
             if (a.policy.kind == "quota" or a.policy.upstream_signals)
-            and (a.key not in self._states or now - self._states[a.key][1] >= STATE_TTL)
+            and (
+                a.key not in self._states
+                or (now - self._states[a.key][1] >= STATE_TTL and a.key not in self._asking)
+            )
         ]
         stale_slots = [
             a.key
             for a in applied
             if a.policy.kind == "concurrency"
-            and (a.key not in self._inflight or now - self._inflight[a.key][1] >= STATE_TTL)
+            and (
+                a.key not in self._inflight
+                or (now - self._inflight[a.key][1] >= STATE_TTL and a.key not in self._asking)
+            )
         ]
         if stale_buckets or stale_slots:
+            asking = self._ask({b.key for b in stale_buckets} | set(stale_slots))
             try:
                 states, inflight = await self.store.read(stale_buckets, stale_slots, now)
             except Exception:
                 log.warning("rate-limit state unavailable; headers omitted", exc_info=True)
                 return {}
+            finally:
+                self._asked(asking)
             for bucket in stale_buckets:
                 state = states.get(bucket.key, BucketState(0, bucket.window_start(now)))
                 self._states[bucket.key] = (state, now)
@@ -350,4 +532,7 @@ class Governor:
         window_start = (now // policy.window) * policy.window
         state = self._states.get(applied.key)
         used = state[0].used if state is not None and state[0].window_start >= window_start else 0
+        left = self._allowance.get(applied.key)
+        if left is not None and left.window_start == window_start:
+            used = max(0, used - left.units)  # counted in the store by this process, not spent yet
         return PolicyStatus(policy, max(0, policy.limit - used), seconds(window_start + policy.window - now))

@@ -21,20 +21,21 @@ from api.ratelimit.store import Bucket, BucketState, TakeResult
 
 PREFIX = "lb:rl:"
 
-# KEYS: bucket keys. ARGV: now, then per key: window_start, quota (-1: none), ttl seconds.
+# KEYS: bucket keys. ARGV: now, then per key: window_start, quota (-1: none), ttl seconds, units.
 # All-or-nothing: the first pass only checks; the second counts. Returns a flat list
 # {admitted, key index, used, window_start, blocked} for every key (admitted) or every refusing key.
 TAKE = """
 local now = tonumber(ARGV[1])
 local refused = {}
 for i, key in ipairs(KEYS) do
-  local ws = tonumber(ARGV[2 + (i - 1) * 3])
-  local quota = tonumber(ARGV[3 + (i - 1) * 3])
+  local ws = tonumber(ARGV[2 + (i - 1) * 4])
+  local quota = tonumber(ARGV[3 + (i - 1) * 4])
+  local units = tonumber(ARGV[5 + (i - 1) * 4])
   local h = redis.call('HMGET', key, 'ws', 'used', 'blocked')
   local sws = tonumber(h[1]) or 0
   local used = tonumber(h[2]) or 0
   local blocked = tonumber(h[3]) or 0
-  local exhausted = quota >= 0 and sws >= ws and used >= quota
+  local exhausted = quota >= 0 and sws >= ws and used + units > quota
   if blocked > now or exhausted or quota == 0 then
     table.insert(refused, i)
     table.insert(refused, used)
@@ -48,16 +49,17 @@ if #refused > 0 then
 end
 local out = {1}
 for i, key in ipairs(KEYS) do
-  local ws = tonumber(ARGV[2 + (i - 1) * 3])
-  local ttl = tonumber(ARGV[4 + (i - 1) * 3])
+  local ws = tonumber(ARGV[2 + (i - 1) * 4])
+  local ttl = tonumber(ARGV[4 + (i - 1) * 4])
+  local units = tonumber(ARGV[5 + (i - 1) * 4])
   local h = redis.call('HMGET', key, 'ws', 'used', 'blocked')
   local sws = tonumber(h[1]) or 0
   local used = tonumber(h[2]) or 0
   if sws >= ws then
-    used = redis.call('HINCRBY', key, 'used', 1)
+    used = redis.call('HINCRBY', key, 'used', units)
   else
-    redis.call('HSET', key, 'ws', ws, 'used', 1)
-    used = 1
+    redis.call('HSET', key, 'ws', ws, 'used', units)
+    used = units
     sws = ws
   end
   local blocked = tonumber(h[3]) or 0
@@ -79,6 +81,15 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+# KEYS[1]: bucket. ARGV: window_start, units. Uncounts units of that window only (never below 0).
+GIVE_BACK = """
+local h = redis.call('HMGET', KEYS[1], 'ws', 'used')
+if tonumber(h[1]) == tonumber(ARGV[1]) and (tonumber(h[2]) or 0) >= tonumber(ARGV[2]) then
+  redis.call('HINCRBY', KEYS[1], 'used', -tonumber(ARGV[2]))
+end
 return 1
 """
 
@@ -111,6 +122,7 @@ class RedisStore:
         self._take = self.redis.register_script(TAKE)
         self._claim = self.redis.register_script(CLAIM)
         self._block = self.redis.register_script(BLOCK)
+        self._give_back = self.redis.register_script(GIVE_BACK)
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -122,7 +134,7 @@ class RedisStore:
         keys = [self.prefix + b.key for b in buckets]
         args: list[Any] = [now]
         for b in buckets:
-            args += [b.window_start(now), -1 if b.quota is None else b.quota, b.window + 1]
+            args += [b.window_start(now), -1 if b.quota is None else b.quota, b.window + 1, b.units]
         out = await self._take(keys=keys, args=args)
         admitted = int(out[0]) == 1
         states = {
@@ -152,6 +164,9 @@ class RedisStore:
 
     async def release(self, key: str, slot: int, holder: str) -> None:
         await self.redis.zrem(self.prefix + key, holder)
+
+    async def give_back(self, key: str, window_start: float, units: int) -> None:
+        await self._give_back(keys=[self.prefix + key], args=[window_start, units])
 
     async def block(self, bucket: Bucket, until: float, now: float) -> None:
         ttl = max(bucket.window, math.ceil(until - now)) + 1

@@ -60,6 +60,8 @@ class Bucket:
     key: str
     quota: int | None
     window: int
+    units: int = 1
+    """How many calls to count at once (the governor leases blocks of a large quota: ``governor.py``)."""
 
     def window_start(self, now: float) -> float:
         return float(int(now // self.window) * self.window)
@@ -101,6 +103,10 @@ class Store(Protocol):
         its slot back and returns ``(slot, refused result)``."""
         ...
 
+    async def give_back(self, key: str, window_start: float, units: int) -> None:
+        """Uncount ``units`` calls of the window that starts at ``window_start`` (a later window: no-op)."""
+        ...
+
     async def block(self, bucket: Bucket, until: float, now: float) -> None:
         """Refuse every call of ``bucket`` until ``until`` (never shortens an existing block)."""
         ...
@@ -112,19 +118,20 @@ class Store(Protocol):
         ...
 
 
-# Count one more call in a bucket's current window (a newer window restarts at 1; a replica whose clock is
-# behind counts into the newer window, never reopens an old one) unless the bucket is blocked or spent.
+# Count ``units`` more calls (the inserted row's ``used``) in a bucket's current window (a newer window
+# restarts at ``units``; a replica whose clock is behind counts into the newer window, never reopens an old
+# one) unless the bucket is blocked or that many calls would overspend it.
 _UPSERT = """
     ON CONFLICT (key) DO UPDATE SET
       used = CASE WHEN rate_limit_buckets.window_start >= excluded.window_start
-                  THEN rate_limit_buckets.used + 1 ELSE 1 END,
+                  THEN rate_limit_buckets.used + excluded.used ELSE excluded.used END,
       window_start = CASE WHEN rate_limit_buckets.window_start >= excluded.window_start
                           THEN rate_limit_buckets.window_start ELSE excluded.window_start END,
       quota = excluded.quota
     WHERE (rate_limit_buckets.blocked_until IS NULL OR rate_limit_buckets.blocked_until <= :now)
       AND (excluded.quota IS NULL
            OR rate_limit_buckets.window_start < excluded.window_start
-           OR rate_limit_buckets.used < excluded.quota)
+           OR rate_limit_buckets.used + excluded.used <= excluded.quota)
 """
 
 
@@ -190,7 +197,7 @@ class SqlStore:
         statement = self._take_statements.get(n)
         if statement is not None:
             return statement
-        rows = ", ".join(f"(:k{i}, :w{i}, 1, :q{i})" for i in range(n))
+        rows = ", ".join(f"(:k{i}, :w{i}, :n{i}, :q{i})" for i in range(n))
         sql = f"""
             INSERT INTO rate_limit_buckets (key, window_start, used, quota) VALUES {rows}
             {_UPSERT}
@@ -198,7 +205,11 @@ class SqlStore:
         """  # noqa: S608 - only placeholders are interpolated
         params: list[BindParameter[Any]] = [bindparam("now", type_=UTCDateTime())]
         for i in range(n):
-            params += [bindparam(f"w{i}", type_=UTCDateTime()), bindparam(f"q{i}", type_=Integer())]
+            params += [
+                bindparam(f"w{i}", type_=UTCDateTime()),
+                bindparam(f"n{i}", type_=Integer()),
+                bindparam(f"q{i}", type_=Integer()),
+            ]
         statement = (
             text(sql)
             .bindparams(*params)
@@ -216,7 +227,7 @@ class SqlStore:
         ordered = sorted(buckets, key=lambda b: b.key)  # one lock order across replicas: no deadlocks
         values: dict[str, Any] = {"now": _ts(now)}
         for i, b in enumerate(ordered):
-            values.update({f"k{i}": b.key, f"w{i}": _ts(b.window_start(now)), f"q{i}": b.quota})
+            values.update(self._bucket_params(i, b, now))
         async with self.engine.connect() as conn:
             result = await conn.execute(self._take_statement(len(ordered)), values)
             counted = {
@@ -227,20 +238,39 @@ class SqlStore:
                 return TakeResult(True, counted)
         return await self._refuse(ordered, counted)
 
+    @staticmethod
+    def _bucket_params(i: int, bucket: Bucket, now: float) -> dict[str, Any]:
+        return {
+            f"k{i}": bucket.key,
+            f"w{i}": _ts(bucket.window_start(now)),
+            f"n{i}": bucket.units,
+            f"q{i}": bucket.quota,
+        }
+
+    async def give_back(self, key: str, window_start: float, units: int) -> None:
+        """Uncount ``units`` calls of the window that starts at ``window_start`` (a later window: no-op)."""
+        async with self.engine.connect() as conn:
+            await self._uncount(conn, key, window_start, units)
+
+    @staticmethod
+    async def _uncount(conn: Any, key: str, window_start: float, units: int) -> None:
+        await conn.execute(
+            update(BUCKETS)
+            .where(
+                BUCKETS.c.key == key,
+                BUCKETS.c.window_start == _ts(window_start),
+                BUCKETS.c.used >= units,
+            )
+            .values(used=BUCKETS.c.used - units)
+        )
+
     async def _refuse(self, ordered: Sequence[Bucket], counted: dict[str, BucketState]) -> TakeResult:
         """Give back what a refused call counted; report the refusing buckets' states."""
         refused = [b.key for b in ordered if b.key not in counted]
+        units = {b.key: b.units for b in ordered}
         async with self.engine.connect() as conn:
             for key, state in counted.items():
-                await conn.execute(
-                    update(BUCKETS)
-                    .where(
-                        BUCKETS.c.key == key,
-                        BUCKETS.c.window_start == _ts(state.window_start),
-                        BUCKETS.c.used > 0,
-                    )
-                    .values(used=BUCKETS.c.used - 1)
-                )
+                await self._uncount(conn, key, state.window_start, units[key])
             current = await conn.execute(
                 select(BUCKETS.c.key, BUCKETS.c.used, BUCKETS.c.window_start, BUCKETS.c.blocked_until).where(
                     BUCKETS.c.key.in_(refused)
@@ -309,12 +339,12 @@ class SqlStore:
             sql = claim
             columns: list[ColumnClause[Any]] = [column("slot", Integer())]
         else:
-            rows = ", ".join(f"(CAST(:k{i} AS VARCHAR), :w{i}, :q{i})" for i in range(buckets))
+            rows = ", ".join(f"(CAST(:k{i} AS VARCHAR), :w{i}, :n{i}, :q{i})" for i in range(buckets))
             sql = f"""
                 WITH claimed AS ({claim}),
                 counted AS (
                   INSERT INTO rate_limit_buckets (key, window_start, used, quota)
-                  SELECT v.k, v.w, 1, v.q FROM (VALUES {rows}) AS v (k, w, q)
+                  SELECT v.k, v.w, v.n, v.q FROM (VALUES {rows}) AS v (k, w, n, q)
                   WHERE EXISTS (SELECT 1 FROM claimed)
                   {_UPSERT}
                   RETURNING key, used, window_start, blocked_until
@@ -324,7 +354,11 @@ class SqlStore:
                 FROM (SELECT 1) AS one LEFT JOIN counted ON true
             """  # noqa: S608 - only placeholders are interpolated
             for i in range(buckets):
-                params += [bindparam(f"w{i}", type_=UTCDateTime()), bindparam(f"q{i}", type_=Integer())]
+                params += [
+                    bindparam(f"w{i}", type_=UTCDateTime()),
+                    bindparam(f"n{i}", type_=Integer()),
+                    bindparam(f"q{i}", type_=Integer()),
+                ]
             columns = [
                 column("slot", Integer()),
                 column("key", String()),
@@ -351,7 +385,7 @@ class SqlStore:
         ordered = sorted(buckets, key=lambda b: b.key)
         values = self._claim_params(key, cap, holder, now, ttl)
         for i, b in enumerate(ordered):
-            values.update({f"k{i}": b.key, f"w{i}": _ts(b.window_start(now)), f"q{i}": b.quota})
+            values.update(self._bucket_params(i, b, now))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(self._claim_sql(len(ordered)), values)).all()
         slot = rows[0].slot

@@ -716,9 +716,9 @@ class SageAccountingConnector(Connector):
             raise error_for(response, "read")
         items, following = list_items(json_body(response))
         cursor = encode_cursor(next_path(following, self.app.api_url, params)) if following else None
-        return Page[T](
-            data=[mapper(item, include_raw=query.include_raw) for item in items], next_cursor=cursor
-        )
+        # Page(...), not Page[T](...): a TypeVar-parametrized class is not kept alive by pydantic's generic
+        # cache, so it would be built anew (a class creation) on every call.
+        return Page(data=[mapper(item, include_raw=query.include_raw) for item in items], next_cursor=cursor)
 
     @staticmethod
     def _filters(resource: Resource, filters: Mapping[str, str]) -> list[tuple[str, str]]:

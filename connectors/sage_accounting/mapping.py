@@ -122,7 +122,7 @@ def _amounts(item: Mapping[str, Any], **names: str) -> dict[str, Decimal]:
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, dict) else {}  # parsed JSON: a dict check (no ABC) per field
 
 
 # --- contacts -------------------------------------------------------------------------------------

@@ -22,10 +22,11 @@ from api.ratelimit import (
     SqlStore,
     load_policies,
 )
+from api.ratelimit.governor import STATE_TTL, lease_units
 from api.ratelimit.headers import PolicyStatus, render
 from api.ratelimit.redis_store import RedisStore
 from api.ratelimit.signals import upstream_wait
-from api.ratelimit.store import Store
+from api.ratelimit.store import Bucket, Store
 from api.settings import Settings
 from connectors.base import CallOutcome, UpstreamCall
 from connectors.errors import RateLimited
@@ -359,3 +360,113 @@ async def test_an_unreachable_store_fails_closed() -> None:
         assert blocked.value.policy == "sage-accounting"
     finally:
         await governor.close()
+
+
+# --- quotas counted in blocks ------------------------------------------------------------------------
+
+
+class CountingStore:
+    """A real store that counts the statements (``take``/``claim_take`` with buckets) the governor sends."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.counts = 0
+
+    async def take(self, buckets: Any, now: float) -> Any:
+        self.counts += 1
+        return await self.inner.take(buckets, now)
+
+    async def claim_take(self, key: str, cap: int, holder: str, now: float, ttl: float, buckets: Any) -> Any:
+        if buckets:
+            self.counts += 1
+        return await self.inner.claim_take(key, cap, holder, now, ttl, buckets)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_lease_sizes() -> None:
+    def quota(limit: int) -> Policy:
+        return Policy("q", "quota", limit, "app", provider="sage_accounting", window=60)
+
+    assert [lease_units(quota(n)) for n in (1, 50, 199, 200, 600, 10_000, 1_296_000)] == [
+        1,
+        1,
+        1,
+        2,
+        6,
+        100,
+        100,
+    ]
+    assert lease_units(Policy("c", "concurrency", 150, "app", provider="sage_accounting")) == 1
+
+
+async def test_a_large_quota_costs_one_store_write_per_block(backend: Backend) -> None:
+    name = unique("daily")
+    policy = Policy(name, "quota", 10_000, "app", provider="sage_accounting", window=86_400)
+    store = CountingStore(backend.store())
+    governor = backend.governor([policy], store)  # type: ignore[arg-type]
+    for _ in range(250):
+        await admit_once(governor)
+    assert store.counts <= 3 + 2  # three blocks of 100, plus at most a check per second
+    headers = await governor.response_headers("tenant-1", "sage_accounting", None)
+    assert f'"{name}";r=9750;' in headers["RateLimit"]  # what was spent, not what was taken
+    await governor.close()
+    fresh = backend.governor([policy], backend.store())  # the unused 50 went back to the shared budget
+    headers = await fresh.response_headers("tenant-1", "sage_accounting", None)
+    assert f'"{name}";r=9750;' in headers["RateLimit"]
+
+
+async def test_replicas_taking_blocks_never_overspend_a_quota(backend: Backend) -> None:
+    name = unique("blocks")
+    policy = Policy(name, "quota", 1000, "app", provider="sage_accounting", window=86_400)  # blocks of 10
+    replicas = [backend.governor([policy], backend.store()) for _ in range(3)]
+    admitted = 0
+
+    async def one(governor: Governor) -> None:
+        nonlocal admitted
+        try:
+            await admit_once(governor)
+            admitted += 1
+        except RateLimited:
+            pass
+
+    for _ in range(30):  # 1,500 attempts, 50 at a time
+        await asyncio.gather(*(one(replicas[i % 3]) for i in range(50)))
+    # Never more than the quota; at most a block's remainder (9 calls) left idle in each replica.
+    assert 1000 - 3 * 9 <= admitted <= 1000
+    for governor in replicas:
+        await governor.close()
+    fresh = backend.governor([policy], backend.store())
+    headers = await fresh.response_headers("tenant-1", "sage_accounting", None)
+    assert f'"{name}";r={1000 - admitted};' in headers["RateLimit"]
+
+
+async def test_the_last_calls_of_a_quota_are_counted_one_by_one(backend: Backend) -> None:
+    name = unique("tail")
+    policy = Policy(name, "quota", 200, "app", provider="sage_accounting", window=86_400)  # blocks of 2
+    clock = Clock()
+    store = backend.store()
+    await store.take([Bucket(f"{name}:app", 200, 86_400, units=199)], clock.now)  # another replica
+    governor = backend.governor([policy], store, clock=clock)
+    await admit_once(governor)  # a block of 2 no longer fits; one call does
+    with pytest.raises(RateLimited):
+        await admit_once(governor)
+
+
+async def test_a_block_set_by_another_replica_stops_a_process_spending_its_allowance(
+    backend: Backend,
+) -> None:
+    name = unique("signal")
+    policy = Policy(
+        name, "quota", 1_000_000, "app", provider="sage_accounting", window=86_400, upstream_signals=True
+    )
+    clock = Clock()
+    spender = backend.governor([policy], backend.store(), clock=clock)
+    await admit_once(spender)  # holds 99 more calls of its block
+    other = backend.governor([policy], backend.store(), clock=clock)
+    await other.observe(SAGE_READ, outcome(429, retry_after=60.0), "tenant-1")
+    clock.now += STATE_TTL  # within STATE_TTL the spender may not know yet; after it, it must
+    with pytest.raises(RateLimited) as refused:
+        await admit_once(spender)
+    assert refused.value.policy == name and refused.value.retry_after >= 58

@@ -1,0 +1,121 @@
+"""The gateway's upstream client (api/transport.py) on both transports, against tiny loopback servers.
+
+What matters is how failures are classified: "never sent" (``ConnectError``/``ConnectTimeout``) lets
+``connectors/http.py`` re-send any call, "sent, outcome unknown" (a read timeout, a dropped connection) must
+not re-send an unguarded write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from api.settings import Settings
+from api.transport import TRANSPORTS, HttpTransport, make_http_client
+from connectors.base import ConnectorContext, MemoryCredentialStore, UpstreamCall
+from connectors.errors import OutcomeUnknown
+from connectors.http import RetryPolicy, send
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+FAST = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002, max_retry_after=5)
+
+
+@asynccontextmanager
+async def _serve(handler: Handler) -> AsyncIterator[str]:
+    """``handler`` on a loopback port; yields its base URL."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}"
+
+
+class _Counter:
+    """A server that reads each request's head, counts it, then drops the connection without answering."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def drop_after_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the request arrived: whatever happens next, it was sent
+        self.requests += 1
+        writer.close()
+
+
+async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.read()  # until the client gives up and closes
+    writer.close()
+
+
+async def _answer_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    body = json.dumps({"calls": {"seen": head.split(b" ", 2)[1].decode()}}).encode()
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    writer.close()
+
+
+def test_aiohttp_is_the_default_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEDGERBRIDGE_HTTP_TRANSPORT", raising=False)
+    assert Settings().http_transport == "aiohttp"
+
+
+async def test_aiohttp_transport_reports_a_drop_after_sending_as_sent() -> None:
+    """httpx_aiohttp says ConnectTimeout ("never sent") here; connectors would re-send a write."""
+    server = _Counter()
+    async with _serve(server.drop_after_request) as url, make_http_client(5.0, "aiohttp") as client:
+        with pytest.raises(httpx.HTTPError) as caught:
+            await client.post(f"{url}/journals", content=b"{}")
+    assert isinstance(caught.value, httpx.RemoteProtocolError | httpx.ReadError), repr(caught.value)
+    assert not isinstance(caught.value, httpx.ConnectError | httpx.ConnectTimeout)
+
+
+async def test_aiohttp_transport_reports_a_refused_connection_as_never_sent() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        async with make_http_client(5.0, "aiohttp") as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.post(f"http://127.0.0.1:{port}/journals", content=b"{}")
+
+
+async def test_aiohttp_transport_serves_a_real_call() -> None:
+    async with _serve(_answer_json) as url, make_http_client(5.0, "aiohttp") as client:
+        r = await client.get(f"{url}/_sim/counters")
+    assert r.status_code == 200 and r.json() == {"calls": {"seen": "/_sim/counters"}}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_read_timeout_is_a_sent_request_with_an_unknown_outcome(transport: HttpTransport) -> None:
+    async with _serve(_never_answer) as url, make_http_client(0.3, transport) as client:
+        with pytest.raises(httpx.HTTPError) as caught:
+            await client.post(f"{url}/journals", content=b"{}")
+    assert isinstance(caught.value, httpx.ReadTimeout), repr(caught.value)
+    assert not isinstance(caught.value, httpx.ConnectError | httpx.ConnectTimeout)
+
+
+class _Empty(BaseModel):
+    pass
+
+
+async def test_connectors_never_resend_an_unguarded_write_dropped_after_sending_on_aiohttp() -> None:
+    server = _Counter()
+    async with _serve(server.drop_after_request) as url, make_http_client(5.0, "aiohttp") as client:
+        ctx = ConnectorContext(http=client, app=_Empty(), settings=_Empty(), store=MemoryCredentialStore())
+        call = UpstreamCall("test", "POST", f"{url}/journals", "write", label="POST /journals")
+        with pytest.raises(OutcomeUnknown):
+            await send(
+                ctx, call, httpx.Request("POST", f"{url}/journals", content=b"{}"), retry="never", policy=FAST
+            )
+    assert server.requests == 1
