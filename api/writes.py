@@ -309,6 +309,15 @@ def _ambiguous_attempts(calls: list[dict[str, Any]]) -> bool:
     return False
 
 
+def _write_accepted(calls: list[dict[str, Any]]) -> bool:
+    """Whether an upstream write attempt among ``calls`` got a 2xx answer (Sage Intacct answers HTTP 200 to
+    a processed request whatever its functions did)."""
+    return any(
+        "request_body" in call and isinstance(call.get("status"), int) and 200 <= call["status"] < 300
+        for call in calls
+    )
+
+
 def _render(op: WriteOperation, result: BaseModel) -> Response:
     return JSONResponse(result.model_dump(mode="json", exclude={"raw"}), status_code=op.status)
 
@@ -339,8 +348,14 @@ async def execute(
             continue
         except ConnectorError as exc:
             calls = ctx.upstream_calls[first_call:] if ctx is not None else []
-            if unknown is not None or _ambiguous_attempts(calls):
-                # An earlier attempt may have landed (e.g. a timeout, then a 429 storm): not a failure.
+            if (
+                unknown is not None
+                or _ambiguous_attempts(calls)
+                or (isinstance(exc, _NOT_EXECUTED) and _write_accepted(calls))
+            ):
+                # An earlier attempt may have landed (e.g. a timeout, then a 429 storm), or the upstream
+                # accepted the write and a later call of the operation was refused (the read-back of the
+                # created record, say): not a failure, and never "nothing was done, send it again".
                 unknown = exc
                 continue
             await _health(state, connection, exc)

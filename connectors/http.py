@@ -119,8 +119,10 @@ async def send(
         return await _attempt_all(
             ctx, call, request, retry=retry, policy=policy, sleep=sleep, attempts=attempts
         )
-    except (RateLimited, UpstreamUnavailable, UpstreamTimeout) as exc:
-        if retry != "read" and attempts.maybe_landed:
+    except ConnectorError as exc:
+        # Any refusal or failure of a later attempt (a budget refused, the gate's store down, the upstream
+        # gone) leaves a write that may have landed earlier unknown, never failed.
+        if retry != "read" and attempts.maybe_landed and not isinstance(exc, OutcomeUnknown):
             raise OutcomeUnknown(
                 f"An earlier attempt of {call.label} may have landed upstream; then: {exc.detail}",
                 upstream=exc.upstream,

@@ -200,6 +200,8 @@ class Ledger:
     intended: list[tuple[Target, str, str]] = field(default_factory=list)
     outcomes: Counter[int] = field(default_factory=Counter)
     unsettled: list[tuple[Target, str, str, dict[str, Any], str | None, int]] = field(default_factory=list)
+    history: dict[str, list[str]] = field(default_factory=dict)
+    """ref -> what the client saw, call by call (status, problem code, key), for a failure's message."""
 
 
 FAULTS = [
@@ -245,6 +247,9 @@ async def write_once(
     path = {"invoice": "/v1/invoices", "journal": "/v1/journals", "contact": "/v1/contacts"}[kind]
     headers = auth(target.key, target.connection_id, **({"Idempotency-Key": key} if key else {}))
     r = await gateway.client.post(path, json=body, headers=headers)
+    code = r.json().get("code") if r.status_code >= 400 else None
+    ref = body.get("reference") or str(body.get("name", "?")).rsplit(" ", 1)[-1]
+    ledger.history.setdefault(ref, []).append(f"{r.status_code} {code} key={key}")
     ledger.request_ids.append(r.headers["x-request-id"])
     ledger.outcomes[r.status_code] += 1
     assert r.status_code in (201, 409, 429, 502, 503, 504), r.text
@@ -354,9 +359,13 @@ async def test_randomized_faults_never_post_twice_and_never_lose_a_write(fault_g
 
     # Exactly one upstream record per intended write: none twice, none lost.
     counts = Counter()
+    wrong = []
     for target, kind, ref in ledger.intended:
-        counts[target.count(kind, ref)] += 1
-    assert counts == Counter({1: WRITES}), counts
+        n = target.count(kind, ref)
+        counts[n] += 1
+        if n != 1:
+            wrong.append((target.provider, kind, ref, n, ledger.history.get(ref)))
+    assert counts == Counter({1: WRITES}), (counts, wrong)
 
     # The faults did happen (the sequence is not trivially calm).
     assert ledger.outcomes[504] > WRITES // 50, ledger.outcomes

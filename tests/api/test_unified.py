@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from sandbox.faults import Fault
 from tests.conftest import Gateway, auth
 
 
@@ -119,3 +120,27 @@ async def test_updated_since_filters(gateway: Gateway) -> None:
         "/v1/contacts", params={"updated_since": "2000-01-01T00:00:00Z"}, headers=auth(key, conn)
     )
     assert r.status_code == 200 and r.json()["data"]
+
+
+async def test_a_write_the_upstream_accepted_is_never_answered_as_not_executed(gateway: Gateway) -> None:
+    """Sage Intacct creates the invoice, then the read-back of the new record is throttled (429): the
+    answer must be 504 ``outcome_unknown`` — a 429 tells a client without an Idempotency-Key that nothing
+    was done and to send it again, which would post the invoice twice."""
+    key, conn = await _connect(gateway, "sage_intacct")
+    sim = gateway.sims.intacct
+    sim.faults.add(Fault(match="XML query:ARINVOICE", kind="status", status=429, retry_after=0, times=-1))
+    body = {
+        "contact_id": "customer:C-0001",
+        "issue_date": "2026-11-02",
+        "due_date": "2026-12-02",
+        "reference": "ACCEPTED-1",
+        "lines": [{"description": "Work", "account_id": "4000", "unit_price": "10.00"}],
+    }
+    r = await gateway.client.post("/v1/invoices", json=body, headers=auth(key, conn))
+    assert r.status_code == 504 and r.json()["code"] == "outcome_unknown", r.text
+    sim.faults.clear()
+    reconciler = gateway.app.state.lb.extras["reconciler"]
+    await reconciler.run_once()
+    assert not await reconciler.candidates()
+    created = [record for record in sim.records("DEMO-CO", "ARINVOICE") if "ACCEPTED-1" in repr(record)]
+    assert len(created) == 1

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from connectors.base import CallOutcome, ConnectorContext, MemoryCredentialStore, UpstreamCall
-from connectors.errors import OutcomeUnknown, RateLimited, UpstreamUnavailable
+from connectors.errors import ConnectorError, OutcomeUnknown, RateLimited, UpstreamUnavailable
 from connectors.http import RetryMode, RetryPolicy, backoff_delay, parse_retry_after, send
 
 
@@ -24,15 +24,16 @@ FAST = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002, max_retry_
 
 
 class RecordingGate:
-    def __init__(self, refuse_after: int | None = None) -> None:
+    def __init__(self, refuse_after: int | None = None, refusal: ConnectorError | None = None) -> None:
         self.outcomes: list[CallOutcome] = []
         self.admitted = 0
         self.refuse_after = refuse_after
+        self.refusal = refusal
 
     @asynccontextmanager
     async def _admit(self) -> AsyncIterator[None]:
         if self.refuse_after is not None and self.admitted >= self.refuse_after:
-            raise RateLimited("budget spent", policy="test", retry_after=9)
+            raise self.refusal or RateLimited("budget spent", policy="test", retry_after=9)
         self.admitted += 1
         yield
 
@@ -132,6 +133,15 @@ async def test_a_refusal_after_a_possibly_landed_attempt_is_outcome_unknown() ->
     gate = RecordingGate(refuse_after=0)
     with pytest.raises(RateLimited):
         await _send(_script(201), "guarded", gate)
+    # Whatever the gate's refusal (its budget store down, say), after a possible landing it is unknown: a
+    # definitive error here would let a client without an Idempotency-Key post the write again.
+    for refusal in (UpstreamUnavailable("budget store down"), ConnectorError("anything else")):
+        gate = RecordingGate(refuse_after=1, refusal=refusal)
+        with pytest.raises(OutcomeUnknown):
+            await _send(_script(500, 201), "guarded", gate)
+        gate = RecordingGate(refuse_after=1, refusal=refusal)
+        with pytest.raises(OutcomeUnknown):
+            await _send(_script(503, 201), "guarded", gate)
 
 
 async def test_unreachable_read_is_unavailable() -> None:
