@@ -64,13 +64,43 @@ class AiohttpTransport(httpx_aiohttp.AiohttpTransport):
         return response
 
 
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class UpstreamClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that never keeps a cookie: one client serves every tenant and connection, so
+    a cookie an upstream set for one of them must never ride along on another's calls (and parsing
+    ``Set-Cookie`` into a jar on every response is work for nothing)."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        return None
+
+
 def make_http_client(timeout_seconds: float, transport: HttpTransport = "aiohttp") -> httpx.AsyncClient:
     timeout = httpx.Timeout(timeout_seconds, connect=10.0)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
     if transport == "aiohttp":
-        return httpx.AsyncClient(
+
+        def session() -> aiohttp.ClientSession:
+            # Made on first use, inside the running loop. Like httpx's own pool: certifi's CAs, keep-alive 5 s;
+            # and no cookie jar (see UpstreamClient).
+            connector = aiohttp.TCPConnector(
+                limit=limits.max_connections or 0,
+                keepalive_timeout=limits.keepalive_expiry or 5.0,
+                ssl=httpx.create_ssl_context(),
+            )
+            return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+        return UpstreamClient(
             timeout=timeout,
             follow_redirects=False,
-            transport=AiohttpTransport(limits=limits, trust_env=False),
+            transport=AiohttpTransport(limits=limits, trust_env=False, client=session),
         )
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    return UpstreamClient(timeout=timeout, limits=limits, follow_redirects=False)

@@ -119,3 +119,38 @@ async def test_connectors_never_resend_an_unguarded_write_dropped_after_sending_
                 ctx, call, httpx.Request("POST", f"{url}/journals", content=b"{}"), retry="never", policy=FAST
             )
     assert server.requests == 1
+
+
+class _CookieSetter:
+    """Answers every request with ``Set-Cookie`` and records the ``Cookie`` header each request carried."""
+
+    def __init__(self) -> None:
+        self.cookies: list[str | None] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            lines = head.decode("latin-1").split("\r\n")[1:]
+            found = [v.strip() for k, _, v in (ln.partition(":") for ln in lines) if k.lower() == "cookie"]
+            self.cookies.append(found[0] if found else None)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n"
+                b"Set-Cookie: session=tenant-a-secret; Path=/\r\n\r\n{}"
+            )
+            await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_shared_client_never_sends_back_an_upstream_cookie(transport: HttpTransport) -> None:
+    """One client serves every tenant: a cookie set on tenant A's call must not ride on tenant B's."""
+    server = _CookieSetter()
+    async with _serve(server.handle) as url, make_http_client(5.0, transport) as client:
+        for _ in range(3):
+            r = await client.get(f"{url}/v3.1/contacts")
+            assert r.status_code == 200 and "session=" in r.headers["set-cookie"]
+        assert len(client.cookies) == 0
+    assert server.cookies == [None, None, None]
