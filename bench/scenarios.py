@@ -324,6 +324,21 @@ def _throughput_row(run: Run, workers: int, transport: str | None = None) -> dic
     }
 
 
+def _reference_row(run: Run, direct: Target) -> dict[str, Any]:
+    """The same call as ``direct`` through ``bench.reference_proxy`` (started for this row, then stopped)."""
+    stack = run.stack
+    assert stack.sage is not None and direct.url.startswith(stack.sage.url)
+    proxy = stack.start_reference_proxy()
+    try:
+        target = Target(proxy.url + direct.url.removeprefix(stack.sage.url), headers=run.direct_headers())
+        run.warm(target)
+        with RssSampler(proxy.pid) as rss:
+            result = run.load(target, run.connections, proxy.pid)
+        return {"result": result, "peak_total": rss.peak_total}
+    finally:
+        stack.stop_proc(proxy)
+
+
 def throughput(run: Run) -> Section:
     """Unified reads/s through ``ledgerbridge serve`` (1 and 2 workers) vs the same load on the simulator."""
     run.ensure_connections()
@@ -345,6 +360,23 @@ def throughput(run: Run) -> Section:
     ]
     checks: dict[str, bool] = {}
     data: dict[str, Any] = {"direct": direct.as_dict()}
+    reference = _reference_row(run, direct_t)
+    ref: LoadResult = reference["result"]
+    ref_ratio = ref.rps / direct.rps if direct.rps else 0.0
+    rows.append(
+        [
+            "minimal FastAPI proxy (reference, not the product)",
+            "1",
+            f"{ref.rps:.0f}",
+            ms(ref.p50_ms),
+            ms(ref.p99_ms),
+            f"{ref_ratio:.2f}",
+            cpu(ref),
+            f"{mib(reference['peak_total']):.0f}",
+            str(ref.errors),
+        ]
+    )
+    data["reference"] = {**ref.as_dict(), "ratio": ref_ratio, "peak_rss_mib": mib(reference["peak_total"])}
     for workers in (1, 2):
         row = _throughput_row(run, workers)
         result: LoadResult = row["result"]
@@ -388,7 +420,10 @@ def throughput(run: Run) -> Section:
         ],
         notes=[
             "Load generator, simulator and gateway share the machine's cores: the ratio is the honest number, "
-            "the absolute req/s is this machine's."
+            "the absolute req/s is this machine's.",
+            "The reference row is a one-route FastAPI app forwarding to the simulator with the same client "
+            "(httpx on aiohttp): no authentication, rate budgets, request log, mapping or JSON re-rendering "
+            "— the ceiling for any Python gateway on this machine.",
         ],
         checks=checks,
         data=data,

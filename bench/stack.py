@@ -251,6 +251,33 @@ class Stack:
             self._wait_workers(self.gateway, workers)
         return self.gateway
 
+    def start_reference_proxy(self) -> Proc:
+        """``python -m bench.reference_proxy`` in front of the Sage simulator (the throughput scenario's floor).
+
+        Not tracked as :attr:`gateway`: the caller stops it with :meth:`stop_proc` (or :meth:`close` does).
+        """
+        assert self.sage is not None
+        port = free_port()
+        argv = [
+            _python(),
+            "-m",
+            "bench.reference_proxy",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--upstream",
+            self.sage.url,
+        ]
+        proc = self._spawn("reference-proxy", argv, port)
+        self._wait_ready(proc, "/_ready")
+        return proc
+
+    def stop_proc(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
     @staticmethod
     def _wait_workers(proc: Proc, workers: int, timeout: float = 30.0) -> None:
         """uvicorn answers as soon as one worker is up; wait until every worker has started."""

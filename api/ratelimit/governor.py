@@ -11,8 +11,9 @@ Per upstream attempt (``admit``):
    write per 100 calls instead of one per call. Blocks are taken atomically, so every replica together still
    never admits more than the quota; the price is that a replica may sit on up to a block's unused calls
    while another is refused (a quota under 200 is counted call by call, exactly as before). What a process
-   still holds is given back when it stops; blocks set by other replicas reach it through the states it
-   re-reads for response headers (at most ``STATE_TTL`` old).
+   still holds is given back when it stops. A process spending its allowance still asks the store at least
+   every ``STATE_TTL`` (counting nothing), so blocks set by other replicas reach it within that time. Block
+   takes, these checks and header reads are single-flight per bucket: a burst of calls makes one statement.
 
 ``observe`` turns an upstream 429 (with or without ``Retry-After``: ``default_retry_after`` then) or
 rate-limit headers into a block of the provider's signalled policies, shared through the store, so later

@@ -46,11 +46,15 @@ def test_overhead_measures_both_calls_direct_and_through_the_gateway(bench_run: 
         assert call["direct"]["requests"] > 0 and call["gateway"]["requests"] > 0
 
 
-def test_throughput_runs_one_and_two_workers(bench_run: Run) -> None:
+def test_throughput_runs_one_and_two_workers_beside_the_reference_proxy(bench_run: Run) -> None:
     section = SCENARIOS["throughput"](bench_run)
-    assert [row[1] for row in section.rows] == ["–", "1", "2"]
+    assert [row[1] for row in section.rows] == ["–", "1", "1", "2"]
+    assert section.rows[1][0] == "minimal FastAPI proxy (reference, not the product)"
     _no_errors(section)
     assert section.data["workers_2"]["peak_rss_mib"] > section.data["workers_1"]["peak_process_mib"] > 0
+    reference = section.data["reference"]
+    assert reference["errors"] == 0 and reference["requests"] == section.data["direct"]["requests"] > 0
+    assert not any(proc.name == "reference-proxy" for proc in bench_run.stack.procs)  # stopped after its row
 
 
 def test_upstream_efficiency_lists_every_invoice_with_the_minimum_of_upstream_calls(bench_run: Run) -> None:
