@@ -220,7 +220,10 @@ async def run_httpx(
 
 def burst_client(count: int) -> httpx.AsyncClient:
     """A client able to hold ``count`` connections open at once (for :func:`burst`)."""
-    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    # Idle connections are dropped client-side after 3 s, before uvicorn closes them at 5 s (its default
+    # keep-alive): reusing a connection the server is closing at that very moment is a socket error of the
+    # load generator, not an answer of the gateway.
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count, keepalive_expiry=3.0)
     return httpx.AsyncClient(limits=limits, timeout=120.0)
 
 

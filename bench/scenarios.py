@@ -423,7 +423,7 @@ def throughput(run: Run) -> Section:
             "the absolute req/s is this machine's.",
             "The reference row is a one-route FastAPI app forwarding to the simulator with the same client "
             "(httpx on aiohttp): no authentication, rate budgets, request log, mapping or JSON re-rendering "
-            "— the ceiling for any Python gateway on this machine.",
+            "— what the same Python stack does with no per-call work of its own, in the same run.",
         ],
         checks=checks,
         data=data,
