@@ -698,14 +698,23 @@ class SageAccountingConnector(Connector):
         query: ListQuery,
         mapper: Callable[..., T],
     ) -> Page[T]:
-        """One upstream call per page: ``attributes=all`` puts whole records in the list (§4.2, no N+1)."""
+        """One upstream call per page: ``attributes`` puts the mapped fields of every record in the list (§4.2,
+        no N+1); ``include_raw`` asks for all of them."""
+        attributes = "all" if query.include_raw else mapping.LIST_ATTRIBUTES[collection]
         if query.cursor:
             path = decode_cursor(query.cursor, collection)
-            params = parse_qsl(urlsplit(path).query, keep_blank_values=True)
+            # The page the cursor names, with the attributes this call needs (include_raw may differ).
+            params = [
+                (k, v)
+                for k, v in parse_qsl(urlsplit(path).query, keep_blank_values=True)
+                if k != "attributes"
+            ]
+            params.append(("attributes", attributes))
+            path = list_path(collection, params)
         else:
             params = [
                 ("items_per_page", str(min(max(query.page_size, 1), MAX_PAGE_SIZE))),
-                ("attributes", "all"),
+                ("attributes", attributes),
                 *self._filters(resource, query.filters),
             ]
             if query.updated_since is not None:

@@ -127,6 +127,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 # --- contacts -------------------------------------------------------------------------------------
 
+_REFERENCE_KEYS = frozenset({"id", "displayed_as", "$path"})
 _ADDRESS_FIELDS = (
     "address_line_1",
     "address_line_2",
@@ -141,9 +142,11 @@ _ADDRESS_FIELDS = (
 def _address_from_sage(value: Any, kind: AddressType) -> Address | None:
     # §10.1: a contact's addresses are often only references ({id, displayed_as, $path}); only an
     # expanded address (nested_attributes) carries the lines.
-    data = _mapping(value)
-    if not any(data.get(name) for name in _ADDRESS_FIELDS):
+    if not isinstance(value, dict) or value.keys() <= _REFERENCE_KEYS:
+        return None  # the common case, answered without looking at every address field
+    if not any(value.get(name) for name in _ADDRESS_FIELDS):
         return None
+    data = value
     return Address(
         type=kind,
         line1=text(data.get("address_line_1")),
@@ -530,6 +533,21 @@ class LedgerInfo:
 
 
 LEDGER_ATTRIBUTES = "included_in_chart,visible_in_sales,visible_in_journals"
+
+# §4.2 [G-bp]: lists ask for the attributes their mapping reads instead of ``attributes=all`` (a contact
+# carries ~2 KB of other fields: bank details, defaults, flags); ``id``, ``displayed_as`` and ``$path``
+# always come. A list with ``include_raw`` still asks for all of them. Keep these in step with the
+# ``*_from_sage`` functions: tests/api/test_unified.py compares both ways of listing, record by record.
+LIST_ATTRIBUTES: dict[str, str] = {
+    "contacts": "created_at,updated_at,contact_types,name,email,main_contact_person,reference,is_active,"
+    "currency,tax_number,main_address,delivery_address",
+    "sales_invoices": "created_at,updated_at,date,invoice_number,contact,due_date,currency,status,reference,"
+    "notes,invoice_lines,net_amount,tax_amount,total_amount,outstanding_amount",
+    "journals": "created_at,updated_at,date,reference,description,journal_lines",
+    "ledger_accounts": "created_at,updated_at,ledger_account_type,ledger_account_group,nominal_code,name,"
+    "included_in_chart",
+    "tax_rates": "created_at,updated_at,name,percentage,is_visible",
+}
 TAX_RATE_ATTRIBUTES = "name,percentage"
 
 

@@ -144,3 +144,77 @@ async def test_a_write_the_upstream_accepted_is_never_answered_as_not_executed(g
     assert not await reconciler.candidates()
     created = [record for record in sim.records("DEMO-CO", "ARINVOICE") if "ACCEPTED-1" in repr(record)]
     assert len(created) == 1
+
+
+@pytest.mark.parametrize("route", ["contacts", "invoices", "journals", "accounts", "tax-rates"])
+async def test_sage_lists_of_selected_attributes_map_like_whole_records(gateway: Gateway, route: str) -> None:
+    """Sage lists ask only for the attributes the mapping reads (wire §4.2), ``include_raw`` lists for all
+    of them: both must give the same unified records, page by page through the cursors."""
+    key, conn = await _connect(gateway, "sage_accounting")
+    await _seed_sage_records(gateway, key, conn)
+
+    async def every(include_raw: bool) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"page_size": 3, "include_raw": str(include_raw).lower()}
+        for _ in range(100):
+            r = await gateway.client.get(f"/v1/{route}", params=params, headers=auth(key, conn))
+            assert r.status_code == 200, r.text
+            page = r.json()
+            records += [{k: v for k, v in item.items() if k != "raw"} for item in page["data"]]
+            if not page["next_cursor"]:
+                return records
+            # Follow the other mode's cursor now and then: a cursor names a page, not the attributes.
+            params = {
+                "cursor": page["next_cursor"],
+                "include_raw": str(include_raw ^ (len(records) % 2 == 0)).lower(),
+            }
+        raise AssertionError("too many pages")
+
+    selected, whole = await every(False), await every(True)
+    assert len(selected) >= 2 and selected == whole
+    if route == "contacts":
+        assert any(c["email"] for c in selected) and any(c["currency"] for c in selected)
+    if route in ("invoices", "journals"):
+        assert all(record["lines"] for record in selected)
+
+
+async def _seed_sage_records(gateway: Gateway, key: str, conn: str) -> None:
+    """Two invoices, two journals and a contact with an address and an email, through the gateway."""
+    h = auth(key, conn)
+    customer = (await gateway.client.get("/v1/contacts?role=customer&page_size=1", headers=h)).json()["data"]
+    codes = {a["code"]: a["id"] for a in await _accounts(gateway, key, conn)}
+    contact = {
+        "roles": ["customer"],
+        "name": "Attribute Test Ltd",
+        "email": "ap@attribute.test",
+        "addresses": [{"type": "main", "line1": "1 Ledger Lane", "city": "Leeds", "country": "GB"}],
+    }
+    assert (await gateway.client.post("/v1/contacts", json=contact, headers=h)).status_code == 201
+    for n in (1, 2):
+        invoice = {
+            "contact_id": customer[0]["id"],
+            "issue_date": "2026-11-02",
+            "due_date": "2026-12-02",
+            "reference": f"ATTR-{n}",
+            "lines": [
+                {
+                    "description": "Work",
+                    "account_id": codes["4000"],
+                    "unit_price": "10.00",
+                    "tax_rate_id": "GB_ZERO",
+                    "tax_amount": "0.00",
+                }
+            ],
+        }
+        r = await gateway.client.post("/v1/invoices", json=invoice, headers=h)
+        assert r.status_code == 201, r.text
+        journal = {
+            "date": "2026-11-03",
+            "reference": f"ATTR-{n}",
+            "lines": [
+                {"account_id": codes["7500"], "debit": "5.00"},
+                {"account_id": codes["1200"], "credit": "5.00"},
+            ],
+        }
+        r = await gateway.client.post("/v1/journals", json=journal, headers=h)
+        assert r.status_code == 201, r.text

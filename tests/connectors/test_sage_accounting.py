@@ -62,7 +62,7 @@ from connectors.models import (
     JournalLineCreate,
     Status,
 )
-from connectors.sage_accounting import SageAccountingConnector
+from connectors.sage_accounting import SageAccountingConnector, mapping
 from connectors.sage_accounting.config import SageAccountingApp, SageAccountingSettings
 from sandbox.faults import Fault
 from sandbox.sage_accounting import SageAccountingSimulator, SimConfig
@@ -887,7 +887,10 @@ async def test_invoice_filters_and_cursor_keep_the_query(harness: Harness) -> No
     assert len(rest.data) == 1 and rest.next_cursor is None
     assert len(harness.spy.api()) == calls + 1
     query = harness.spy.api("GET", "/sales_invoices")[-1].query
-    assert query["status_id"] == ["UNPAID"] and query["attributes"] == ["all"] and query["page"] == ["2"]
+    assert query["status_id"] == ["UNPAID"] and query["page"] == ["2"]
+    assert query["attributes"] == [
+        mapping.LIST_ATTRIBUTES["sales_invoices"]
+    ]  # wire §4.2: only what is mapped
     assert harness.spy.api("GET", "/sales_invoices")[-1].path == "/v3.1/sales_invoices"
     none = await connector.list_invoices(ListQuery(filters={"status": "void"}))
     assert none.data == []

@@ -409,3 +409,12 @@ def test_error_arrays_map_to_the_error_tree() -> None:
     denied = wire.error_for(answer(403, [{"$dataCode": "MultiUserAccessDenied", "$message": "no"}]), "read")
     assert type(denied) is UpstreamError and denied.upstream is not None
     assert [e.code for e in denied.upstream.errors] == ["MultiUserAccessDenied"]
+
+
+def test_json_bodies_parse_like_the_standard_library() -> None:
+    page = {"$items": [{"id": "c1", "balance": "10.50", "rate": 20.0, "name": "Café", "tags": [None, 1]}]}
+    raw = json.dumps(page).encode()
+    assert wire.json_body(httpx.Response(200, content=raw)) == json.loads(raw) == page
+    assert wire.json_body(httpx.Response(200, content=b"\xef\xbb\xbf" + raw)) == page  # a BOM, tolerated
+    for bad in (b"", b"{not json", b"<html>Bad gateway</html>"):
+        assert wire.json_body(httpx.Response(502, content=bad)) is None
