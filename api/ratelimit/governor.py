@@ -214,8 +214,11 @@ class Governor:
         try:
             yield
         finally:
-            # Off the response path: a slot freed a moment later is only ever tighter.
-            self._release_later(leases)
+            if leases and self.store.local_slots:
+                await self._give_back(leases)  # slots in this process's memory: no I/O, no task
+            else:
+                # Off the response path: a slot freed a moment later is only ever tighter.
+                self._release_later(leases)
 
     def _window_left(self, policy: Policy, now: float) -> float:
         window = policy.window or BLOCK_WINDOW
@@ -375,8 +378,11 @@ class Governor:
         deadline = time.monotonic() + self.concurrency_wait
         queue = self._queues.setdefault(applied.key, asyncio.Semaphore(policy.limit))
         try:
-            async with asyncio.timeout(max(0.0, self.concurrency_wait)):
-                await queue.acquire()
+            if queue.locked():
+                async with asyncio.timeout(max(0.0, self.concurrency_wait)):
+                    await queue.acquire()
+            else:
+                await queue.acquire()  # a free place: taken at once (no timer to arm)
         except TimeoutError:
             self._inflight[applied.key] = (policy.limit, self.clock())
             raise self._refusal(policy, CONCURRENCY_RETRY_AFTER, call) from None

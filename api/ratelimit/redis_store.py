@@ -116,6 +116,8 @@ def _state(used: Any, ws: Any, blocked: Any) -> BucketState:
 
 
 class RedisStore:
+    local_slots = False
+
     def __init__(self, url: str, *, prefix: str = PREFIX) -> None:
         self.prefix = prefix
         self.redis: aioredis.Redis[bytes] = aioredis.Redis.from_url(url)

@@ -82,6 +82,9 @@ class TakeResult:
 
 
 class Store(Protocol):
+    local_slots: bool
+    """Concurrency slots live in this process's memory (SQLite): releasing one is not I/O."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -159,6 +162,7 @@ class SqlStore:
     def __init__(self, database_url: str) -> None:
         url = async_url(database_url)
         self.sqlite = url.get_backend_name() == "sqlite"
+        self.local_slots = self.sqlite
         # Its own small pool, in autocommit: every decision is one statement and one round trip (no
         # BEGIN/COMMIT, no pre-ping, no reset on checkin), and the limiter never waits behind the app's
         # request sessions for a connection.

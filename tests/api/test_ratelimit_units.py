@@ -470,3 +470,17 @@ async def test_a_block_set_by_another_replica_stops_a_process_spending_its_allow
     with pytest.raises(RateLimited) as refused:
         await admit_once(spender)
     assert refused.value.policy == name and refused.value.retry_after >= 58
+
+
+def test_the_fast_header_serialisation_is_http_sfv_s() -> None:
+    from api.ratelimit.headers import _limit_item, _policy_item, _serialize
+
+    policies = [*DEFAULT_POLICIES, Policy("x-1", "quota", 0, "app", provider="sage_accounting", window=1)]
+    for remaining, reset in ((0, 0), (5, 30), (1_296_000, None), (7, 86_400)):
+        statuses = [PolicyStatus(p, remaining, reset if p.kind == "quota" else None) for p in policies]
+        rendered = render(statuses)
+        assert rendered["RateLimit"] == _serialize([_limit_item(s) for s in statuses])
+        assert rendered["RateLimit-Policy"] == _serialize([_policy_item(s) for s in statuses])
+        parsed = SfList()
+        parsed.parse(rendered["RateLimit"].encode())
+        assert [str(item.value) for item in parsed] == [p.name for p in policies]
