@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,20 +34,24 @@ def is_sqlite(url: str | URL) -> bool:
     return make_url(str(url) if isinstance(url, URL) else url).get_backend_name() == "sqlite"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def sqlite_pragmas(*extra: str) -> Callable[[Any, Any], None]:
+    """A ``connect`` listener setting WAL and a busy timeout (readers run beside the one writer, writers
+    queue instead of failing), then ``extra`` pragmas, on every new SQLite connection."""
+
+    def listener(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "busy_timeout=10000", *extra):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    return listener
 
 
 def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         engine = create_async_engine(target)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas("foreign_keys=ON"))
         return engine
     # Small pools: every replica has one, and PostgreSQL's max_connections is shared by all of them.
     return create_async_engine(target, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)

@@ -173,13 +173,46 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
+@dataclass
+class _Tally:
+    """What an httpx loop saw: the latency of every answered call, the statuses, the errors (socket errors
+    and answers other than the target's expected status)."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: int = 0
+
+    async def call(self, client: httpx.AsyncClient, target: Target) -> None:
+        t0 = time.perf_counter()
+        try:
+            r = await client.request(target.method, target.url, headers=target.headers, content=target.body)
+        except httpx.HTTPError:
+            self.errors += 1
+            return
+        self.latencies.append((time.perf_counter() - t0) * 1000)
+        self.statuses[r.status_code] = self.statuses.get(r.status_code, 0) + 1
+        if r.status_code != target.expect:
+            self.errors += 1
+
+    def result(self, connections: int, seconds: float) -> LoadResult:
+        return LoadResult(
+            tool="httpx",
+            connections=connections,
+            requests=len(self.latencies),
+            seconds=seconds,
+            p50_ms=percentile(self.latencies, 50),
+            p90_ms=percentile(self.latencies, 90),
+            p99_ms=percentile(self.latencies, 99),
+            errors=self.errors,
+            statuses=self.statuses,
+        )
+
+
 async def run_httpx(
     target: Target, *, connections: int, requests: int | None = None, duration: float | None = None
 ) -> LoadResult:
     """``connections`` workers repeating ``target`` until ``requests`` are done or ``duration`` passed."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    errors = 0
+    tally = _Tally()
     issued = 0
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     started = time.perf_counter()
@@ -188,34 +221,13 @@ async def run_httpx(
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
 
         async def worker() -> None:
-            nonlocal errors, issued
+            nonlocal issued
             while time.perf_counter() < deadline and (requests is None or issued < requests):
                 issued += 1
-                t0 = time.perf_counter()
-                try:
-                    r = await client.request(
-                        target.method, target.url, headers=target.headers, content=target.body
-                    )
-                except httpx.HTTPError:
-                    errors += 1
-                    continue
-                latencies.append((time.perf_counter() - t0) * 1000)
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                if r.status_code != target.expect:
-                    errors += 1
+                await tally.call(client, target)
 
         await asyncio.gather(*(worker() for _ in range(connections)))
-    return LoadResult(
-        tool="httpx",
-        connections=connections,
-        requests=len(latencies),
-        seconds=time.perf_counter() - started,
-        p50_ms=percentile(latencies, 50),
-        p90_ms=percentile(latencies, 90),
-        p99_ms=percentile(latencies, 99),
-        errors=errors,
-        statuses=statuses,
-    )
+    return tally.result(connections, time.perf_counter() - started)
 
 
 def burst_client(count: int) -> httpx.AsyncClient:
@@ -229,38 +241,16 @@ def burst_client(count: int) -> httpx.AsyncClient:
 
 async def burst(client: httpx.AsyncClient, target: Target, count: int) -> LoadResult:
     """``count`` calls released at once; a second burst on the same client reuses warm connections."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    errors = 0
+    tally = _Tally()
     gate = asyncio.Event()
 
     async def one() -> None:
-        nonlocal errors
         await gate.wait()
-        t0 = time.perf_counter()
-        try:
-            r = await client.request(target.method, target.url, headers=target.headers, content=target.body)
-        except httpx.HTTPError:
-            errors += 1
-            return
-        latencies.append((time.perf_counter() - t0) * 1000)
-        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-        if r.status_code != target.expect:
-            errors += 1
+        await tally.call(client, target)
 
     tasks = [asyncio.create_task(one()) for _ in range(count)]
     await asyncio.sleep(0)
     started = time.perf_counter()
     gate.set()
     await asyncio.gather(*tasks)
-    return LoadResult(
-        tool="httpx",
-        connections=count,
-        requests=len(latencies),
-        seconds=time.perf_counter() - started,
-        p50_ms=percentile(latencies, 50),
-        p90_ms=percentile(latencies, 90),
-        p99_ms=percentile(latencies, 99),
-        errors=errors,
-        statuses=statuses,
-    )
+    return tally.result(count, time.perf_counter() - started)

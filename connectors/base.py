@@ -271,6 +271,19 @@ class CheckResult:
     """Settings learnt during the check (e.g. the list of Sage businesses)."""
 
 
+PROXY_REQUEST_HEADERS = (
+    "accept",
+    "accept-language",
+    "content-type",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+)
+"""Request headers a proxy caller may pass to an upstream (lower case). Authorization, cookies, hop-by-hop
+headers, Host, X-Forwarded-*, X-Business and everything else are dropped: the connector sends its own."""
+
+
 @dataclass(frozen=True)
 class ProxyResponse:
     status: int

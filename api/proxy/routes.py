@@ -19,7 +19,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from api import context
 from api.connections.refs import ConnectionRef, load_connection
 from api.connections.service import HEALTH_CODES, build_connector, record_health
-from api.deps import Caller, app_state
+from api.deps import Caller, Principal, app_state
 from api.errors import ApiError, problem_response
 from api.proxy import replay, safety
 from api.schemas import problem_responses
@@ -98,15 +98,21 @@ async def _body(request: Request) -> bytes:
     return body
 
 
-def _wrong_route(connection: ConnectionRef) -> ApiError:
-    routes = {
-        "sage_accounting": "/v1/proxy/{path}",
-        "sage_intacct": "POST /v1/proxy/xml and /v1/proxy/rest/{path}",
-    }
-    hint = routes.get(connection.provider, "no proxy route")
-    return ApiError(
-        404, "proxy_route_not_found", f"Connections of provider {connection.provider!r} are proxied at {hint}"
-    )
+async def _proxied(request: Request, caller: Principal, connection_id: str, provider: str) -> ConnectionRef:
+    """The caller's connection, which must be of ``provider`` (each proxy route speaks one upstream)."""
+    connection = await load_connection(app_state(request), caller.tenant_id, connection_id)
+    if connection.provider != provider:
+        routes = {
+            "sage_accounting": "/v1/proxy/{path}",
+            "sage_intacct": "POST /v1/proxy/xml and /v1/proxy/rest/{path}",
+        }
+        hint = routes.get(connection.provider, "no proxy route")
+        raise ApiError(
+            404,
+            "proxy_route_not_found",
+            f"Connections of provider {connection.provider!r} are proxied at {hint}",
+        )
+    return connection
 
 
 async def _forward(
@@ -141,9 +147,7 @@ async def _forward(
 async def proxy_intacct_xml(request: Request, caller: Caller, x_connection_id: ConnectionHeader) -> Response:
     """Sage Intacct: the body's ``<function>`` elements (or one ``<content>``) are wrapped in the
     control/authentication envelope with the connection's session; the upstream XML comes back unchanged."""
-    connection = await load_connection(app_state(request), caller.tenant_id, x_connection_id)
-    if connection.provider != "sage_intacct":
-        raise _wrong_route(connection)
+    connection = await _proxied(request, caller, x_connection_id, "sage_intacct")
     functions = safety.vet_functions(await _body(request))
     state = app_state(request)
     connector = build_connector(state, connection)
@@ -164,9 +168,7 @@ async def proxy_intacct_rest(
     path: UpstreamPath, request: Request, caller: Caller, x_connection_id: ConnectionHeader
 ) -> Response:
     """Sage Intacct REST: ``{rest_url}/{path}`` with the connection's bearer token."""
-    connection = await load_connection(app_state(request), caller.tenant_id, x_connection_id)
-    if connection.provider != "sage_intacct":
-        raise _wrong_route(connection)
+    connection = await _proxied(request, caller, x_connection_id, "sage_intacct")
     return await _passthrough(request, connection, "/v1/proxy/rest/", reserved=_INTACCT_REST_RESERVED)
 
 
@@ -174,9 +176,7 @@ async def proxy_any(
     path: UpstreamPath, request: Request, caller: Caller, x_connection_id: ConnectionHeader
 ) -> Response:
     """Sage Accounting: ``{api_url}/{path}`` with the connection's token and ``X-Business``."""
-    connection = await load_connection(app_state(request), caller.tenant_id, x_connection_id)
-    if connection.provider != "sage_accounting":
-        raise _wrong_route(connection)
+    connection = await _proxied(request, caller, x_connection_id, "sage_accounting")
     return await _passthrough(request, connection, "/v1/proxy/")
 
 

@@ -15,24 +15,14 @@ from urllib.parse import unquote
 from lxml import etree
 
 from api.errors import ApiError
+from connectors.base import PROXY_REQUEST_HEADERS
+from connectors.sage_intacct.xml import hardened_parser
 
 MAX_PATH_BYTES = 2048
 MAX_QUERY_BYTES = 4096
 MAX_REQUEST_BODY_BYTES = 1_048_576
 MAX_RESPONSE_BODY_BYTES = 10 * 1_048_576
 MAX_XML_FUNCTIONS = 100
-
-#: Request headers a caller may pass to the upstream. Authorization, cookies, hop-by-hop headers, Host,
-#: X-Forwarded-*, X-Business and everything else are dropped: the connector injects its own auth.
-FORWARDED_REQUEST_HEADERS = (
-    "accept",
-    "accept-language",
-    "content-type",
-    "if-match",
-    "if-none-match",
-    "if-modified-since",
-    "if-unmodified-since",
-)
 
 #: Upstream response headers a caller may see (besides the content type, which is always passed).
 FORWARDED_RESPONSE_HEADERS = (
@@ -140,7 +130,7 @@ def vet_query(raw: bytes) -> str:
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The caller's headers the upstream may see; values carrying control characters are dropped."""
     kept: dict[str, str] = {}
-    for name in FORWARDED_REQUEST_HEADERS:
+    for name in PROXY_REQUEST_HEADERS:
         value = headers.get(name)
         if value is not None and value.isprintable() and len(value) <= 1024:
             kept[name] = value
@@ -150,18 +140,6 @@ def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
 def response_headers(headers: Mapping[str, str]) -> dict[str, str]:
     lowered = {k.lower(): v for k, v in headers.items()}
     return {name: lowered[name] for name in FORWARDED_RESPONSE_HEADERS if name in lowered}
-
-
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
 
 
 def _blank(text: str | None) -> bool:
@@ -193,7 +171,10 @@ def vet_functions(body: bytes) -> bytes:
             raise refused("The XML body must be UTF-8", code)
         text = text[declaration.end() :]
     try:
-        root = etree.fromstring(f"<{_FRAGMENT_ROOT}>{text}</{_FRAGMENT_ROOT}>".encode(), _parser())
+        root = etree.fromstring(
+            f"<{_FRAGMENT_ROOT}>{text}</{_FRAGMENT_ROOT}>".encode(),
+            hardened_parser(remove_blank_text=False, strip_comments_and_pis=True),
+        )
     except etree.XMLSyntaxError as exc:
         raise refused(f"The XML body is not well-formed: {exc.msg}"[:300], code) from None
     for node in root.iter():

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from api.ratelimit.store import Bucket, BucketState, TakeResult
+from api.ratelimit.store import Bucket, BucketState, TakeResult, claim_then_take
 
 PREFIX = "lb:rl:"
 
@@ -156,13 +156,7 @@ class RedisStore:
     async def claim_take(
         self, key: str, cap: int, holder: str, now: float, ttl: float, buckets: Sequence[Bucket]
     ) -> tuple[int | None, TakeResult | None]:
-        slot = await self.claim(key, cap, holder, now, ttl)
-        if slot is None or not buckets:
-            return slot, None
-        result = await self.take(buckets, now)
-        if not result.admitted:
-            await self.release(key, slot, holder)
-        return slot, result
+        return await claim_then_take(self, key, cap, holder, now, ttl, buckets)
 
     async def release(self, key: str, slot: int, holder: str) -> None:
         await self.redis.zrem(self.prefix + key, holder)

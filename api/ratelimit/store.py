@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import BindParameter, ColumnClause
 from sqlalchemy.sql.selectable import TextualSelect
 
-from api.db import async_url
+from api.db import async_url, sqlite_pragmas
 from models import RateLimitBucket, RateLimitSlot
 from models.tables import UTCDateTime
 
@@ -121,6 +121,20 @@ class Store(Protocol):
         ...
 
 
+async def claim_then_take(
+    store: Store, key: str, cap: int, holder: str, now: float, ttl: float, buckets: Sequence[Bucket]
+) -> tuple[int | None, TakeResult | None]:
+    """:meth:`Store.claim_take` as two calls, ``claim`` then ``take`` (a refused take gives the slot back),
+    for stores that cannot do both in one round trip."""
+    slot = await store.claim(key, cap, holder, now, ttl)
+    if slot is None or not buckets:
+        return slot, None
+    result = await store.take(buckets, now)
+    if not result.admitted:
+        await store.release(key, slot, holder)
+    return slot, result
+
+
 # Count ``units`` more calls (the inserted row's ``used``) in a bucket's current window (a newer window
 # restarts at ``units``; a replica whose clock is behind counts into the newer window, never reopens an old
 # one) unless the bucket is blocked or that many calls would overspend it.
@@ -144,16 +158,6 @@ def _ts(value: float) -> dt.datetime:
 
 def _epoch(value: dt.datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    # Counters, not ledgers: WAL + NORMAL survives a process crash (only an OS crash may lose the last
-    # few counts), and spares an fsync per upstream call.
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
 
 
 class SqlStore:
@@ -180,7 +184,9 @@ class SqlStore:
             )
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            # Counters, not ledgers: WAL + NORMAL survives a process crash (only an OS crash may lose the
+            # last few counts), and spares an fsync per upstream call.
+            event.listen(self.engine.sync_engine, "connect", sqlite_pragmas("synchronous=NORMAL"))
         self._slots_made: set[tuple[str, int]] = set()
         self._take_statements: dict[int, TextualSelect] = {}
         self._claim_statements: dict[int, TextualSelect] = {}
@@ -378,13 +384,7 @@ class SqlStore:
         self, key: str, cap: int, holder: str, now: float, ttl: float, buckets: Sequence[Bucket]
     ) -> tuple[int | None, TakeResult | None]:
         if self.sqlite or not buckets or cap <= 0:
-            slot = await self.claim(key, cap, holder, now, ttl)
-            if slot is None or not buckets:
-                return slot, None
-            result = await self.take(buckets, now)
-            if not result.admitted:
-                await self.release(key, slot, holder)
-            return slot, result
+            return await claim_then_take(self, key, cap, holder, now, ttl, buckets)
         await self._make_slots(key, cap)
         ordered = sorted(buckets, key=lambda b: b.key)
         values = self._claim_params(key, cap, holder, now, ttl)

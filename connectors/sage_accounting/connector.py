@@ -22,6 +22,7 @@ import httpx
 from pydantic import BaseModel
 
 from connectors.base import (
+    PROXY_REQUEST_HEADERS,
     CallKind,
     Capability,
     CheckResult,
@@ -101,16 +102,6 @@ PROXY_RESPONSE_HEADERS = (
     "link",
     "etag",
     "last-modified",
-)
-# Request headers a proxy caller may set; Authorization and X-Business are always ours.
-PROXY_REQUEST_HEADERS = (
-    "accept",
-    "accept-language",
-    "content-type",
-    "if-match",
-    "if-none-match",
-    "if-modified-since",
-    "if-unmodified-since",
 )
 # §3.1: the only endpoints that do not act on a business (no X-Business needed or echoed).
 UNSCOPED_PATHS = frozenset({"businesses", "user"})

@@ -25,15 +25,20 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """Above this a response is refused before parsing (a page of 2000 records is a few MB)."""
 
 
-def hardened_parser() -> etree.XMLParser:
-    """The only parser this package uses (reliability-notes.md §5.5)."""
+def hardened_parser(
+    *, remove_blank_text: bool = True, strip_comments_and_pis: bool = False
+) -> etree.XMLParser:
+    """The only XML parser the gateway uses (reliability-notes.md §5.5): no entities, no DTD, no network, no
+    huge trees. ``strip_comments_and_pis`` for XML that is passed on (the proxy's function bodies)."""
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
         dtd_validation=False,
         huge_tree=False,
-        remove_blank_text=True,
+        remove_blank_text=remove_blank_text,
+        remove_comments=strip_comments_and_pis,
+        remove_pis=strip_comments_and_pis,
     )
 
 

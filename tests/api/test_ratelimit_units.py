@@ -236,22 +236,29 @@ async def test_quota_windows_roll_over(backend: Backend) -> None:
     await admit_once(governor)  # a new window
 
 
+async def admitted(replicas: list[Governor], attempts: int, at_once: int) -> int:
+    """How many of ``attempts`` calls, spread over ``replicas`` and ``at_once`` concurrent, were admitted."""
+    count = 0
+
+    async def one(governor: Governor) -> None:
+        nonlocal count
+        try:
+            await admit_once(governor)
+            count += 1
+        except RateLimited:
+            pass
+
+    for start in range(0, attempts, at_once):
+        batch = range(start, min(start + at_once, attempts))
+        await asyncio.gather(*(one(replicas[i % len(replicas)]) for i in batch))
+    return count
+
+
 async def test_one_budget_for_every_replica(backend: Backend) -> None:
     name = unique("shared")
     policy = Policy(name, "quota", 10, "app", provider="sage_accounting", window=86_400)
     replicas = [backend.governor([policy], backend.store()) for _ in range(3)]
-    admitted = 0
-
-    async def one(governor: Governor) -> None:
-        nonlocal admitted
-        try:
-            await admit_once(governor)
-            admitted += 1
-        except RateLimited:
-            pass
-
-    await asyncio.gather(*(one(replicas[i % 3]) for i in range(40)))
-    assert admitted == 10
+    assert await admitted(replicas, 40, at_once=40) == 10
 
 
 async def test_tenant_quota_is_per_tenant_and_says_rate_limited(backend: Backend) -> None:
@@ -421,25 +428,14 @@ async def test_replicas_taking_blocks_never_overspend_a_quota(backend: Backend) 
     name = unique("blocks")
     policy = Policy(name, "quota", 1000, "app", provider="sage_accounting", window=86_400)  # blocks of 10
     replicas = [backend.governor([policy], backend.store()) for _ in range(3)]
-    admitted = 0
-
-    async def one(governor: Governor) -> None:
-        nonlocal admitted
-        try:
-            await admit_once(governor)
-            admitted += 1
-        except RateLimited:
-            pass
-
-    for _ in range(30):  # 1,500 attempts, 50 at a time
-        await asyncio.gather(*(one(replicas[i % 3]) for i in range(50)))
+    count = await admitted(replicas, 1500, at_once=50)
     # Never more than the quota; at most a block's remainder (9 calls) left idle in each replica.
-    assert 1000 - 3 * 9 <= admitted <= 1000
+    assert 1000 - 3 * 9 <= count <= 1000
     for governor in replicas:
         await governor.close()
     fresh = backend.governor([policy], backend.store())
     headers = await fresh.response_headers("tenant-1", "sage_accounting", None)
-    assert f'"{name}";r={1000 - admitted};' in headers["RateLimit"]
+    assert f'"{name}";r={1000 - count};' in headers["RateLimit"]
 
 
 async def test_the_last_calls_of_a_quota_are_counted_one_by_one(backend: Backend) -> None:
