@@ -39,6 +39,7 @@ class RequestLogWriter:
         self.pending: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._lock = asyncio.Lock()
 
     def start(self) -> None:
@@ -77,7 +78,7 @@ class RequestLogWriter:
                 log.error("request log row refused by the database", extra={"request_id": row.get("id")})
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except TimeoutError:
@@ -86,12 +87,13 @@ class RequestLogWriter:
             await self.flush()
 
     async def stop(self) -> None:
+        # Never cancel a flush half-way: a write cancelled inside the database driver can leave its pooled
+        # connection checked out with the transaction open, and SQLite then refuses every other writer
+        # (the final flush below included) until that connection is collected.
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self._task
         await self.flush()
 
     async def reap(self, retention_days: int) -> int:

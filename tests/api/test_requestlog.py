@@ -3,6 +3,7 @@ write bodies; ``GET /v1/requests`` tenant-scoped, paged and filtered; retention 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 import connectors.http
+from api.db import Database
+from api.requestlog import RequestLogWriter
 from models import RequestLog
 from sandbox.faults import Fault
 from tests.api.test_idempotency import sage
@@ -155,3 +158,28 @@ async def test_old_entries_are_reaped_after_the_retention(gateway: Gateway) -> N
         assert left == total - reaped
         paths = set((await session.execute(select(RequestLog.path))).scalars())
     assert "/v1/contacts" not in paths
+
+
+async def test_stopping_the_writer_lets_a_flush_in_progress_finish(database_url: str) -> None:
+    """A flush cancelled inside the database driver can leave its connection checked out with the
+    transaction open (SQLite then refuses every other writer): stop() waits for it instead."""
+    db = Database(database_url)
+    writer = RequestLogWriter(db, interval=0.01)
+    finished: list[bool] = []
+    real_flush = writer.flush
+
+    async def slow_flush() -> None:
+        try:
+            await asyncio.sleep(0.2)  # the background loop is inside a flush when stop() comes
+            await real_flush()
+            finished.append(True)
+        except asyncio.CancelledError:
+            finished.append(False)
+            raise
+
+    writer.flush = slow_flush  # type: ignore[method-assign]
+    writer.start()
+    await asyncio.sleep(0.05)
+    await writer.stop()
+    await db.dispose()
+    assert finished and all(finished), finished
