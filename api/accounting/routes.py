@@ -6,8 +6,9 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from starlette.responses import Response
 
@@ -33,6 +34,7 @@ from connectors.models import (
     Page,
     TaxRate,
     ValidationReport,
+    dump_json,
     journal_problems,
 )
 
@@ -40,6 +42,7 @@ router = APIRouter(tags=["accounting"])
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+RP = TypeVar("RP", bound="ReadParams")
 ConnectionHeader = Annotated[
     str, Header(alias="X-Connection-Id", max_length=64, description="The connection to use")
 ]
@@ -65,42 +68,155 @@ class Bound:
         return result
 
 
+async def _bind(request: Request, connection_id: str, resource: Resource, operation: Operation) -> Bound:
+    caller = await principal(request)
+    state = app_state(request)
+    # No database session on this path when the caches are warm (api/cache.py): the write path and
+    # health bookkeeping open short sessions of their own.
+    connection = await load_connection(state, caller.tenant_id, connection_id)
+    connector = build_connector(state, connection)
+    if not type(connector).supports(resource, operation):
+        raise UnsupportedOperation(
+            f"{type(connector).info.display_name} does not support {operation.value} on {resource.value}"
+        )
+    return Bound(request, connection, connector)
+
+
 def bound(resource: Resource, operation: Operation) -> Callable[..., Awaitable[Bound]]:
+    """The write routes' dependency (their parameters go through FastAPI; see :class:`ReadParams`)."""
+
     async def dependency(request: Request, x_connection_id: ConnectionHeader) -> Bound:
         # principal() called here rather than declared as a sub-dependency: one FastAPI dependency per call.
-        caller = await principal(request)
-        state = app_state(request)
-        # No database session on this path when the caches are warm (api/cache.py): the write path and
-        # health bookkeeping open short sessions of their own.
-        connection = await load_connection(state, caller.tenant_id, x_connection_id)
-        connector = build_connector(state, connection)
-        if not type(connector).supports(resource, operation):
-            raise UnsupportedOperation(
-                f"{type(connector).info.display_name} does not support {operation.value} on {resource.value}"
-            )
-        return Bound(request, connection, connector)
+        return await _bind(request, x_connection_id, resource, operation)
 
     return dependency
 
 
-async def list_query(
-    page_size: int = Query(50, ge=1, le=200),
-    cursor: str | None = Query(None, max_length=4096),
-    updated_since: dt.datetime | None = Query(
+# --- read routes' parameters -------------------------------------------------------------------------
+#
+# The read routes are the gateway's hot path. FastAPI's per-request parameter solving cost more CPU than
+# everything else the framework does for a call (docs/benchmarks.md), so these routes take the Request and
+# validate their query in one pydantic call; the parameters are documented from the same models. Errors
+# are the RequestValidationError FastAPI would raise: the same 422 problem, field by field.
+
+
+class ReadParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # unknown query parameters are ignored, as FastAPI does
+
+    include_raw: bool = False
+
+
+class ListParams(ReadParams):
+    page_size: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=4096)
+    updated_since: dt.datetime | None = Field(
         None, description="RFC 3339; records created or changed at or after it"
-    ),
-    include_raw: bool = Query(False),
-) -> ListQuery:
-    if updated_since is not None and updated_since.tzinfo is None:
-        raise ApiError(422, "validation_error", "updated_since needs a time zone (RFC 3339)")
-    return ListQuery(page_size=page_size, cursor=cursor, updated_since=updated_since, include_raw=include_raw)
+    )
+
+    def query(self, **filters: str | None) -> ListQuery:
+        if self.updated_since is not None and self.updated_since.tzinfo is None:
+            raise ApiError(422, "validation_error", "updated_since needs a time zone (RFC 3339)")
+        return ListQuery(
+            page_size=self.page_size,
+            cursor=self.cursor,
+            updated_since=self.updated_since,
+            include_raw=self.include_raw,
+            filters={k: v for k, v in filters.items() if v is not None},
+        )
 
 
-Listing = Annotated[ListQuery, Depends(list_query)]
+class ContactListParams(ListParams):
+    role: str | None = Field(None, pattern="^(customer|supplier)$")
+    email: str | None = Field(None, max_length=254)
+    name: str | None = Field(None, max_length=200)
 
 
-def _with_filters(query: ListQuery, b: Bound, resource: Resource, **filters: str | None) -> ListQuery:
-    given = {k: v for k, v in filters.items() if v is not None}
+class InvoiceListParams(ListParams):
+    contact_id: str | None = Field(None, max_length=200)
+    status: str | None = Field(None, pattern="^(draft|open|partially_paid|paid|void)$")
+
+
+_CONNECTION_HEADER = "X-Connection-Id"
+_CONNECTION_HEADER_MAX = 64
+_FILTERS: dict[type[ReadParams], tuple[str, ...]] = {
+    ContactListParams: ("role", "email", "name"),
+    InvoiceListParams: ("contact_id", "status"),
+}
+
+
+def _documented(params: type[ReadParams], *, path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``openapi_extra`` for a read route: its path, query and header parameters, as FastAPI writes them."""
+    schema = params.model_json_schema()["properties"]
+    own = _FILTERS.get(params, ())
+    order = [*own, *(name for name in schema if name not in own and name != "include_raw"), "include_raw"]
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"title": name.replace("_", " ").title(), "type": "string"},
+        }
+        for name in path
+    ]
+    for name in order:
+        prop = {k: v for k, v in schema[name].items() if not (k == "default" and v is None)}
+        entry: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": prop}
+        if "description" in prop:
+            entry["description"] = prop["description"]
+        parameters.append(entry)
+    parameters.append(
+        {
+            "name": _CONNECTION_HEADER,
+            "in": "header",
+            "required": True,
+            "description": "The connection to use",
+            "schema": {
+                "type": "string",
+                "maxLength": _CONNECTION_HEADER_MAX,
+                "title": _CONNECTION_HEADER,
+                "description": "The connection to use",
+            },
+        }
+    )
+    return {"parameters": parameters}
+
+
+async def _read(
+    request: Request, params: type[RP], resource: Resource, operation: Operation
+) -> tuple[Bound, RP]:
+    """The caller's connection and the route's query, in FastAPI's order: a missing or invalid header is
+    reported (with any query errors) before authentication; query errors after the connection is found."""
+    header: list[dict[str, Any]] = []
+    connection_id = request.headers.get(_CONNECTION_HEADER)
+    loc = ("header", _CONNECTION_HEADER)
+    if connection_id is None:
+        header.append({"type": "missing", "loc": loc, "msg": "Field required", "input": None})
+    elif len(connection_id) > _CONNECTION_HEADER_MAX:
+        header.append(
+            {
+                "type": "string_too_long",
+                "loc": loc,
+                "msg": f"String should have at most {_CONNECTION_HEADER_MAX} characters",
+                "input": connection_id,
+                "ctx": {"max_length": _CONNECTION_HEADER_MAX},
+            }
+        )
+    parsed: RP | None = None
+    query: list[dict[str, Any]] = []
+    try:
+        parsed = params.model_validate(request.query_params)
+    except PydanticValidationError as exc:
+        query = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
+    if header or connection_id is None:
+        raise RequestValidationError(header + query)
+    b = await _bind(request, connection_id, resource, operation)
+    if parsed is None:
+        raise RequestValidationError(query)
+    return b, parsed
+
+
+def _check_filters(query: ListQuery, b: Bound, resource: Resource) -> ListQuery:
+    given = query.filters
     cap = type(b.connector).capability(resource)
     allowed = cap.filters if cap else frozenset()
     refused = sorted(k for k in given if k not in allowed)
@@ -110,18 +226,17 @@ def _with_filters(query: ListQuery, b: Bound, resource: Resource, **filters: str
             "unsupported_filter",
             f"{type(b.connector).info.display_name} cannot filter by {', '.join(refused)}",
         )
-    return query.model_copy(update={"filters": given})
+    return query
 
 
 def _render(model: BaseModel, include_raw: bool, status: int = 200) -> Response:
-    # Serialized once, by pydantic's Rust core (no dict round trip through json.dumps).
-    body = model.model_dump_json(exclude=None if include_raw else {"raw"})
-    return Response(body, status_code=status, media_type="application/json")
+    return Response(
+        dump_json(model, include_raw=include_raw), status_code=status, media_type="application/json"
+    )
 
 
 def _render_page(page: Page[Any], include_raw: bool) -> Response:
-    exclude: Any = None if include_raw else {"data": {"__all__": {"raw"}}}
-    return Response(page.model_dump_json(exclude=exclude), media_type="application/json")
+    return Response(dump_json(page, include_raw=include_raw), media_type="application/json")
 
 
 IdempotencyKey = Annotated[
@@ -234,26 +349,29 @@ def _report(problems: list[Problem]) -> ValidationReport:
 # --- contacts --------------------------------------------------------------------------------------------
 
 
-@router.get("/v1/contacts", response_model=Page[Contact], responses=UNIFIED_READ_ERRORS)
-async def list_contacts(
-    query: Listing,
-    b: Annotated[Bound, Depends(bound(Resource.contacts, Operation.list))],
-    role: str | None = Query(None, pattern="^(customer|supplier)$"),
-    email: str | None = Query(None, max_length=254),
-    name: str | None = Query(None, max_length=200),
-) -> Response:
-    q = _with_filters(query, b, Resource.contacts, role=role, email=email, name=name)
+@router.get(
+    "/v1/contacts",
+    response_model=Page[Contact],
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_documented(ContactListParams),
+)
+async def list_contacts(request: Request) -> Response:
+    b, p = await _read(request, ContactListParams, Resource.contacts, Operation.list)
+    q = _check_filters(p.query(role=p.role, email=p.email, name=p.name), b, Resource.contacts)
     return _render_page(await b.call(lambda: b.connector.list_contacts(q)), q.include_raw)
 
 
-@router.get("/v1/contacts/{record_id}", response_model=Contact, responses=UNIFIED_READ_ERRORS)
-async def get_contact(
-    record_id: str,
-    b: Annotated[Bound, Depends(bound(Resource.contacts, Operation.get))],
-    include_raw: bool = False,
-) -> Response:
+@router.get(
+    "/v1/contacts/{record_id}",
+    response_model=Contact,
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_documented(ReadParams, path=("record_id",)),
+)
+async def get_contact(request: Request) -> Response:
+    record_id: str = request.path_params["record_id"]
+    b, p = await _read(request, ReadParams, Resource.contacts, Operation.get)
     return _render(
-        await b.call(lambda: b.connector.get_contact(record_id, include_raw=include_raw)), include_raw
+        await b.call(lambda: b.connector.get_contact(record_id, include_raw=p.include_raw)), p.include_raw
     )
 
 
@@ -279,14 +397,15 @@ async def update_contact(
 # --- invoices --------------------------------------------------------------------------------------------
 
 
-@router.get("/v1/invoices", response_model=Page[Invoice], responses=UNIFIED_READ_ERRORS)
-async def list_invoices(
-    query: Listing,
-    b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.list))],
-    contact_id: str | None = Query(None, max_length=200),
-    status: str | None = Query(None, pattern="^(draft|open|partially_paid|paid|void)$"),
-) -> Response:
-    q = _with_filters(query, b, Resource.invoices, contact_id=contact_id, status=status)
+@router.get(
+    "/v1/invoices",
+    response_model=Page[Invoice],
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_documented(InvoiceListParams),
+)
+async def list_invoices(request: Request) -> Response:
+    b, p = await _read(request, InvoiceListParams, Resource.invoices, Operation.list)
+    q = _check_filters(p.query(contact_id=p.contact_id, status=p.status), b, Resource.invoices)
     return _render_page(await b.call(lambda: b.connector.list_invoices(q)), q.include_raw)
 
 
@@ -307,14 +426,17 @@ async def validate_invoice(
     return _report(problems)
 
 
-@router.get("/v1/invoices/{record_id}", response_model=Invoice, responses=UNIFIED_READ_ERRORS)
-async def get_invoice(
-    record_id: str,
-    b: Annotated[Bound, Depends(bound(Resource.invoices, Operation.get))],
-    include_raw: bool = False,
-) -> Response:
+@router.get(
+    "/v1/invoices/{record_id}",
+    response_model=Invoice,
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_documented(ReadParams, path=("record_id",)),
+)
+async def get_invoice(request: Request) -> Response:
+    record_id: str = request.path_params["record_id"]
+    b, p = await _read(request, ReadParams, Resource.invoices, Operation.get)
     return _render(
-        await b.call(lambda: b.connector.get_invoice(record_id, include_raw=include_raw)), include_raw
+        await b.call(lambda: b.connector.get_invoice(record_id, include_raw=p.include_raw)), p.include_raw
     )
 
 
@@ -340,11 +462,16 @@ async def void_invoice(
 # --- journals --------------------------------------------------------------------------------------------
 
 
-@router.get("/v1/journals", response_model=Page[Journal], responses=UNIFIED_READ_ERRORS)
-async def list_journals(
-    query: Listing, b: Annotated[Bound, Depends(bound(Resource.journals, Operation.list))]
-) -> Response:
-    return _render_page(await b.call(lambda: b.connector.list_journals(query)), query.include_raw)
+@router.get(
+    "/v1/journals",
+    response_model=Page[Journal],
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_documented(ListParams),
+)
+async def list_journals(request: Request) -> Response:
+    b, p = await _read(request, ListParams, Resource.journals, Operation.list)
+    q = p.query()
+    return _render_page(await b.call(lambda: b.connector.list_journals(q)), q.include_raw)
 
 
 @router.post(
@@ -365,14 +492,17 @@ async def validate_journal(
     return _report(problems)
 
 
-@router.get("/v1/journals/{record_id}", response_model=Journal, responses=UNIFIED_READ_ERRORS)
-async def get_journal(
-    record_id: str,
-    b: Annotated[Bound, Depends(bound(Resource.journals, Operation.get))],
-    include_raw: bool = False,
-) -> Response:
+@router.get(
+    "/v1/journals/{record_id}",
+    response_model=Journal,
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_documented(ReadParams, path=("record_id",)),
+)
+async def get_journal(request: Request) -> Response:
+    record_id: str = request.path_params["record_id"]
+    b, p = await _read(request, ReadParams, Resource.journals, Operation.get)
     return _render(
-        await b.call(lambda: b.connector.get_journal(record_id, include_raw=include_raw)), include_raw
+        await b.call(lambda: b.connector.get_journal(record_id, include_raw=p.include_raw)), p.include_raw
     )
 
 
@@ -388,15 +518,25 @@ async def create_journal(
 # --- reference data --------------------------------------------------------------------------------------
 
 
-@router.get("/v1/accounts", response_model=Page[Account], responses=UNIFIED_READ_ERRORS)
-async def list_accounts(
-    query: Listing, b: Annotated[Bound, Depends(bound(Resource.accounts, Operation.list))]
-) -> Response:
-    return _render_page(await b.call(lambda: b.connector.list_accounts(query)), query.include_raw)
+@router.get(
+    "/v1/accounts",
+    response_model=Page[Account],
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_documented(ListParams),
+)
+async def list_accounts(request: Request) -> Response:
+    b, p = await _read(request, ListParams, Resource.accounts, Operation.list)
+    q = p.query()
+    return _render_page(await b.call(lambda: b.connector.list_accounts(q)), q.include_raw)
 
 
-@router.get("/v1/tax-rates", response_model=Page[TaxRate], responses=UNIFIED_READ_ERRORS)
-async def list_tax_rates(
-    query: Listing, b: Annotated[Bound, Depends(bound(Resource.tax_rates, Operation.list))]
-) -> Response:
-    return _render_page(await b.call(lambda: b.connector.list_tax_rates(query)), query.include_raw)
+@router.get(
+    "/v1/tax-rates",
+    response_model=Page[TaxRate],
+    responses=UNIFIED_READ_ERRORS,
+    openapi_extra=_documented(ListParams),
+)
+async def list_tax_rates(request: Request) -> Response:
+    b, p = await _read(request, ListParams, Resource.tax_rates, Operation.list)
+    q = p.query()
+    return _render_page(await b.call(lambda: b.connector.list_tax_rates(q)), q.include_raw)

@@ -34,6 +34,7 @@ from connectors.models import (
     Status,
     TaxRate,
     journal_problems,
+    trusted,
 )
 from connectors.sage_accounting.wire import PROVIDER, date, money, money_out, ref_id, text, timestamp
 
@@ -147,7 +148,7 @@ def _address_from_sage(value: Any, kind: AddressType) -> Address | None:
     if not any(value.get(name) for name in _ADDRESS_FIELDS):
         return None
     data = value
-    return Address(
+    return trusted(Address)(
         type=kind,
         line1=text(data.get("address_line_1")),
         line2=text(data.get("address_line_2")),
@@ -158,29 +159,31 @@ def _address_from_sage(value: Any, kind: AddressType) -> Address | None:
     )
 
 
+_MAIN, _SHIPPING = AddressType.main, AddressType.shipping
+_ACTIVE, _INACTIVE = Status.active, Status.inactive
+
+
 def contact_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> Contact:
-    person = _mapping(item.get("main_contact_person"))
-    types = [ref_id(t) for t in item.get("contact_types") or []]
-    roles = [TYPE_ROLES[t] for t in types if t in TYPE_ROLES]
-    addresses = [
-        address
-        for address in (
-            _address_from_sage(item.get("main_address"), AddressType.main),
-            _address_from_sage(item.get("delivery_address"), AddressType.shipping),
-        )
-        if address is not None
-    ]
-    return Contact(
+    # Runs for every record of a contacts page: lookups hoisted, enum members read once (module constants).
+    get = item.get
+    person = _mapping(get("main_contact_person"))
+    roles = [TYPE_ROLES[kind] for kind in map(ref_id, get("contact_types") or []) if kind in TYPE_ROLES]
+    addresses = []
+    if (main := _address_from_sage(get("main_address"), _MAIN)) is not None:
+        addresses.append(main)
+    if (delivery := _address_from_sage(get("delivery_address"), _SHIPPING)) is not None:
+        addresses.append(delivery)
+    return trusted(Contact)(
         **_identity(item, include_raw),
         roles=roles,
-        name=text(item.get("name")) or text(item.get("displayed_as")) or "",
+        name=text(get("name")) or text(get("displayed_as")) or "",
         # §10.1: the response's top-level email is the main contact person's.
-        email=text(item.get("email")) or text(person.get("email")),
+        email=text(get("email")) or text(person.get("email")),
         phone=text(person.get("telephone")) or text(person.get("mobile")),
-        reference=text(item.get("reference")),
-        status=Status.inactive if item.get("is_active") is False else Status.active,
-        currency=ref_id(item.get("currency")),
-        tax_number=text(item.get("tax_number")),
+        reference=text(get("reference")),
+        status=_INACTIVE if get("is_active") is False else _ACTIVE,
+        currency=ref_id(get("currency")),
+        tax_number=text(get("tax_number")),
         addresses=addresses,
     )
 
@@ -275,7 +278,7 @@ def contact_body(data: ContactCreate | ContactUpdate) -> tuple[dict[str, Any], l
 
 
 def _invoice_line(item: Mapping[str, Any]) -> InvoiceLine:
-    return InvoiceLine(
+    return trusted(InvoiceLine)(
         description=text(item.get("description")),
         account_id=ref_id(item.get("ledger_account")),
         tax_rate_id=ref_id(item.get("tax_rate")),
@@ -296,7 +299,7 @@ def invoice_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> 
     if issued is None:
         raise _unexpected("a sales invoice without a date")
     status = ref_id(item.get("status")) or ""
-    return Invoice(
+    return trusted(Invoice)(
         **_identity(item, include_raw),
         # §10.2: invoice_number is "SI-370" (or "SI-DRAFT" while draft); displayed_as equals it.
         number=text(item.get("invoice_number")) or text(item.get("displayed_as")),
@@ -429,7 +432,7 @@ def journal_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> 
     if posted is None:
         raise _unexpected("a journal without a date")
     lines = [
-        JournalLine(
+        trusted(JournalLine)(
             account_id=ref_id(line.get("ledger_account")) or "",
             description=text(line.get("details")),
             **_amounts(line, debit="debit", credit="credit"),
@@ -437,7 +440,7 @@ def journal_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> 
         for line in item.get("journal_lines") or []
         if isinstance(line, Mapping)
     ]
-    return Journal(
+    return trusted(Journal)(
         **_identity(item, include_raw),
         date=posted,
         reference=text(item.get("reference")),
@@ -503,7 +506,7 @@ def account_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> 
     kind = ref_id(item.get("ledger_account_type")) or ""
     group = ref_id(item.get("ledger_account_group")) or ""
     code = item.get("nominal_code")
-    return Account(
+    return trusted(Account)(
         **_identity(item, include_raw),
         # §10.4: displayed_as shows the nominal code zero-padded to four digits ("Cash (1210)", "(0041)").
         code=f"{code:04d}" if isinstance(code, int) and not isinstance(code, bool) else None,
@@ -514,7 +517,7 @@ def account_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> 
 
 
 def tax_rate_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> TaxRate:
-    return TaxRate(
+    return trusted(TaxRate)(
         **_identity(item, include_raw),
         # §10.5: name is the type ("STANDARD"); displayed_as is what users see ("Standard 20.00%").
         name=text(item.get("displayed_as")) or text(item.get("name")) or "",

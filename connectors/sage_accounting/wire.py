@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import httpx
-import pydantic_core
+import orjson
 
 from connectors.errors import (
     ConnectorError,
@@ -78,7 +78,7 @@ def timestamp(value: Any) -> dt.datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = dt.datetime.fromisoformat(value)  # Python ≥ 3.11 reads the "Z" suffix as UTC
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
@@ -104,11 +104,18 @@ def dumps(value: Any) -> bytes:
 
 
 def json_body(response: httpx.Response) -> Any:
-    # pydantic-core's parser: the same values as json.loads (UTF-8, §1), about a third faster on a page;
-    # like json.loads, a leading byte-order mark is tolerated.
+    # orjson (UTF-8, §1): a third less CPU than json.loads on a page. What orjson refuses and json.loads
+    # reads (a lone surrogate escape, NaN) still parses as before. Like json.loads, a leading byte-order mark
+    # is tolerated.
     content = response.content
+    if content.startswith(b"\xef\xbb\xbf"):
+        content = content[3:]
     try:
-        return pydantic_core.from_json(content[3:] if content.startswith(b"\xef\xbb\xbf") else content)
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(content)
     except ValueError:
         return None
 

@@ -37,6 +37,7 @@ from connectors.models import (
     JournalStatus,
     Status,
     TaxRate,
+    trusted,
 )
 from connectors.sage_intacct.xml import Record, element, sub
 
@@ -284,7 +285,7 @@ def party_fields(object_name: str) -> tuple[str, ...]:
 def contact_from_xml(object_name: str, record: Record, *, include_raw: bool = False) -> Contact:
     """CUSTOMER / VENDOR (§2.4) → Contact. ``reference`` is the CUSTOMERID/VENDORID."""
     record_id = text(record, PARTY_ID_FIELDS[object_name]) or ""
-    address = Address(
+    address = trusted(Address)(
         type=AddressType.main,
         line1=text(record, f"{_ADDRESS}.ADDRESS1"),
         line2=text(record, f"{_ADDRESS}.ADDRESS2"),
@@ -296,7 +297,7 @@ def contact_from_xml(object_name: str, record: Record, *, include_raw: bool = Fa
     has_address = any(
         getattr(address, name) for name in ("line1", "line2", "city", "region", "postal_code", "country")
     )
-    return Contact(
+    return trusted(Contact)(
         id=contact_id(object_name, record_id),
         created_at=parse_timestamp(text(record, "WHENCREATED")),
         updated_at=parse_timestamp(text(record, "WHENMODIFIED")),
@@ -469,7 +470,7 @@ def contact_from_rest(record: Mapping[str, Any], *, include_raw: bool = False) -
     """A REST ``accounts-receivable/customer`` → the same Contact the XML path builds."""
     record_id = _rest_text(record, "id") or ""
     base = "contacts.default.mailingAddress"
-    address = Address(
+    address = trusted(Address)(
         type=AddressType.main,
         line1=_rest_text(record, f"{base}.addressLine1"),
         line2=_rest_text(record, f"{base}.addressLine2"),
@@ -481,7 +482,7 @@ def contact_from_rest(record: Mapping[str, Any], *, include_raw: bool = False) -
     has_address = any(
         getattr(address, name) for name in ("line1", "line2", "city", "region", "postal_code", "country")
     )
-    return Contact(
+    return trusted(Contact)(
         id=contact_id("CUSTOMER", record_id),
         created_at=_rest_time(_rest_text(record, "audit.createdDateTime")),
         updated_at=_rest_time(_rest_text(record, "audit.modifiedDateTime")),
@@ -588,7 +589,7 @@ def account_type(record: Record) -> AccountType:
 
 def account_from_xml(record: Record, *, include_raw: bool = False) -> Account:
     number = text(record, "ACCOUNTNO") or ""
-    return Account(
+    return trusted(Account)(
         id=number,
         created_at=parse_timestamp(text(record, "WHENCREATED")),
         updated_at=parse_timestamp(text(record, "WHENMODIFIED")),
@@ -615,7 +616,7 @@ TAX_FIELDS = (
 def tax_rate_from_xml(record: Record, *, include_raw: bool = False) -> TaxRate:
     """TAXDETAIL: ``DETAILID`` is the key legacy functions use (``detailid``), ``VALUE`` the percent."""
     detail_id = text(record, "DETAILID") or ""
-    return TaxRate(
+    return trusted(TaxRate)(
         id=detail_id,
         created_at=parse_timestamp(text(record, "WHENCREATED")),
         updated_at=parse_timestamp(text(record, "WHENMODIFIED")),
@@ -685,7 +686,7 @@ def _line_key(record: Record) -> tuple[int, int]:
 def invoice_line_from_xml(record: Record) -> InvoiceLine:
     """ARINVOICEITEM: an AR line carries one amount (§2.5), so it reads back as quantity 1 at that price."""
     amount = money(text(record, "TRX_AMOUNT")) or money(text(record, "AMOUNT")) or Decimal(0)
-    return InvoiceLine(
+    return trusted(InvoiceLine)(
         description=text(record, "ENTRYDESCRIPTION"),
         account_id=text(record, "ACCOUNTNO"),
         quantity=Decimal(1),
@@ -711,7 +712,7 @@ def invoice_from_xml(record: Record, lines: Sequence[Record], *, include_raw: bo
     if include_raw:
         raw = dict(record)
         raw["ARINVOICEITEMS"] = [dict(line) for line in ordered]
-    return Invoice(
+    return trusted(Invoice)(
         id=text(record, "RECORDNO") or "",
         # WHENCREATED is the document date on AR invoices; the audit time is AUWHENCREATED (§2.5).
         created_at=parse_timestamp(text(record, "AUWHENCREATED")),
@@ -877,7 +878,7 @@ def journal_line_from_xml(record: Record) -> JournalLine:
     """GLENTRY: ``TR_TYPE`` 1 = debit, -1 = credit; ``TRX_AMOUNT`` is the absolute amount (§2.6)."""
     amount = money(text(record, "TRX_AMOUNT")) or money(text(record, "AMOUNT")) or Decimal(0)
     debit = text(record, "TR_TYPE") == "1"
-    return JournalLine(
+    return trusted(JournalLine)(
         account_id=text(record, "ACCOUNTNO") or "",
         description=text(record, "DESCRIPTION"),
         debit=amount if debit else Decimal(0),
@@ -894,7 +895,7 @@ def journal_from_xml(record: Record, lines: Sequence[Record], *, include_raw: bo
     if include_raw:
         raw = dict(record)
         raw["GLENTRIES"] = [dict(line) for line in ordered]
-    return Journal(
+    return trusted(Journal)(
         id=text(record, "RECORDNO") or "",
         created_at=parse_timestamp(text(record, "WHENCREATED")),
         updated_at=parse_timestamp(text(record, "WHENMODIFIED")),

@@ -110,6 +110,45 @@ async def test_list_parameters_are_validated(gateway: Gateway) -> None:
     assert r.status_code == 200
 
 
+async def test_read_parameter_errors_are_reported_field_by_field(gateway: Gateway) -> None:
+    """The read routes validate their own parameters (api/accounting/routes.py, ReadParams): the 422 is the
+    problem FastAPI's validation gives, every field at once, and authentication comes in the same order."""
+    key, conn = await _connect(gateway, "sage_accounting")
+    r = await gateway.client.get(
+        "/v1/contacts", params={"page_size": "x", "email": "e" * 255}, headers=auth(key, conn)
+    )
+    assert r.status_code == 422
+    body = r.json()
+    assert body["code"] == "validation_error"
+    fields = {e["field"]: e["code"] for e in body["errors"]}
+    assert fields == {"query.page_size": "int_parsing", "query.email": "string_too_long"}
+    # The header is checked with the query, before the API key: both reported, no 401.
+    r = await gateway.client.get(
+        "/v1/invoices/abc", params={"include_raw": "maybe"}, headers={"Authorization": "Bearer lb_wrong"}
+    )
+    assert r.status_code == 422
+    fields = {e["field"]: e["code"] for e in r.json()["errors"]}
+    assert fields == {"header.X-Connection-Id": "missing", "query.include_raw": "bool_parsing"}
+    r = await gateway.client.get("/v1/accounts", headers={**auth(key, conn), "X-Connection-Id": "c" * 65})
+    assert r.status_code == 422 and r.json()["errors"][0]["code"] == "string_too_long"
+    # A valid header and a wrong key: 401 before the query is looked at, as before.
+    r = await gateway.client.get("/v1/contacts", params={"page_size": 0}, headers={**auth("lb_wrong", conn)})
+    assert r.status_code == 401
+    # Repeated parameters: the last one counts; unknown ones are ignored.
+    r = await gateway.client.get(
+        "/v1/contacts?page_size=500&page_size=2&colour=blue", headers=auth(key, conn)
+    )
+    assert r.status_code == 200 and len(r.json()["data"]) == 2
+    one = r.json()["data"][0]["id"]
+    assert "raw" not in r.json()["data"][0]
+    r = await gateway.client.get(
+        f"/v1/contacts/{one}", params={"include_raw": "true"}, headers=auth(key, conn)
+    )
+    assert r.status_code == 200 and r.json()["id"] == one and r.json()["raw"]
+    r = await gateway.client.get(f"/v1/contacts/{one}", headers=auth(key, conn))
+    assert r.status_code == 200 and "raw" not in r.json()
+
+
 async def test_updated_since_filters(gateway: Gateway) -> None:
     key, conn = await _connect(gateway, "sage_accounting")
     r = await gateway.client.get(

@@ -15,8 +15,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+import orjson
 import pytest
+from pydantic import BaseModel
 
 from connectors.base import Connector, ListQuery, Operation, Resource, WriteRequest
 from connectors.errors import NotFound, UnsupportedOperation
@@ -27,6 +30,7 @@ from connectors.models import (
     InvoiceLineCreate,
     JournalCreate,
     JournalLineCreate,
+    dump_json,
 )
 
 UpstreamCount = Callable[[Resource], Awaitable[int]]
@@ -99,8 +103,64 @@ def _journal(fx: ContractFixtures, reference: str) -> JournalCreate:
     )
 
 
+def _strict(value: Any) -> Any:
+    """``value`` with every type spelled out: a str where an enum member belongs is a difference."""
+    if isinstance(value, BaseModel):
+        return (type(value), {k: _strict(v) for k, v in value.__dict__.items()})
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    return (type(value), value)
+
+
+def assert_as_validated(record: BaseModel) -> None:
+    """A record a mapping built with ``trusted`` is what validation builds, and renders as pydantic does."""
+    validated = type(record).model_validate(record.model_dump())
+    assert _strict(record) == _strict(validated), record
+    for include_raw in (False, True):
+        exclude = None if include_raw else {"raw"}
+        expected = orjson.loads(record.model_dump_json(exclude=exclude))
+        assert orjson.loads(dump_json(record, include_raw=include_raw)) == expected
+
+
 class ConnectorContract:
     """Behaviour every connector shares. Subclass it and provide the fixtures above."""
+
+    async def test_read_records_are_what_validation_builds(
+        self, connector: Connector, fixtures: ContractFixtures
+    ) -> None:
+        """Mappings build records without validating them (``connectors.models.trusted``): every record of
+        every resource, with and without ``raw``, must equal the validated model, types included, and
+        render to the same JSON as ``model_dump_json``."""
+        cls = type(connector)
+        await connector.create_invoice(_invoice(fixtures, "CONTRACT-REC"), WriteRequest(str(uuid.uuid4())))
+        await connector.create_journal(_journal(fixtures, "CONTRACT-REC"), WriteRequest(str(uuid.uuid4())))
+        seen: set[str] = set()
+        for include_raw in (False, True):
+            query = ListQuery(page_size=200, include_raw=include_raw)
+            for resource, method in (
+                (Resource.contacts, "list_contacts"),
+                (Resource.invoices, "list_invoices"),
+                (Resource.journals, "list_journals"),
+                (Resource.accounts, "list_accounts"),
+                (Resource.tax_rates, "list_tax_rates"),
+            ):
+                if not cls.supports(resource, Operation.list):
+                    continue
+                page = await getattr(connector, method)(query)
+                assert page.data or resource == Resource.tax_rates, resource
+                for record in page.data:
+                    assert (record.raw is not None) == include_raw
+                    assert_as_validated(record)
+                    seen.add(type(record).__name__)
+                assert orjson.loads(dump_json(page, include_raw=include_raw)) == orjson.loads(
+                    page.model_dump_json(exclude=None if include_raw else {"data": {"__all__": {"raw"}}})
+                )
+                if resource in (Resource.invoices, Resource.journals) and page.data:
+                    getter = getattr(connector, method.replace("list_", "get_").rstrip("s"))
+                    assert_as_validated(await getter(page.data[-1].id, include_raw=include_raw))
+        assert {"Contact", "Invoice", "Journal", "Account"} <= seen
 
     def test_capabilities_match_handlers(self, connector: Connector) -> None:
         cls = type(connector)
