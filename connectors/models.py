@@ -341,10 +341,11 @@ def trusted(model: Callable[P, R]) -> Callable[P, R]:
     Mapping code hands over values it has already parsed and typed (``Decimal``, aware ``datetime``, enum
     members, nested records built the same way), and mypy checks its keyword arguments against the model's
     fields exactly as for ``model(...)``. Validating them again cost about a third of a list call's CPU
-    (docs/benchmarks.md); ``tests/connectors/test_records.py`` validates every record the mappings build from
-    the fixtures and simulators, so a mapping that relied on coercion fails there. The instance is what
-    validation would have built: every field in declaration order, defaults filled in (a fresh value for
-    each ``default_factory``), ``model_fields_set`` the given names.
+    (docs/benchmarks.md); the contract suite (tests/connectors/contract.py) validates every record the
+    connectors map from their simulators, so a mapping that relied on coercion fails there. The instance
+    is what validation would have built: every field in declaration order, defaults filled in (a fresh
+    value for each ``default_factory``), ``model_fields_set`` every field (as validating a complete record
+    gives).
     """
     built = _BUILDERS.get(model)
     if built is None:
@@ -366,6 +367,7 @@ def _builder(model: Callable[P, R]) -> Callable[P, R]:
         else:
             template[name] = None if field.is_required() else field.default
     new = cls.__new__
+    names = frozenset(template)
 
     def build(*args: P.args, **values: P.kwargs) -> R:
         if args:
@@ -373,11 +375,12 @@ def _builder(model: Callable[P, R]) -> Callable[P, R]:
         record = new(cls)
         fields = template.copy()
         fields.update(values)
-        for name, factory in factories.items():
-            if name not in values:
-                fields[name] = factory()
+        if factories:
+            for name, factory in factories.items():
+                if name not in values:
+                    fields[name] = factory()
         _set(record, "__dict__", fields)
-        _set(record, "__pydantic_fields_set__", set(values))
+        _set(record, "__pydantic_fields_set__", set(names))  # a table copy: cheaper than hashing the names
         _set(record, "__pydantic_extra__", None)
         _set(record, "__pydantic_private__", None)
         return record
@@ -405,7 +408,7 @@ def dump_json(value: BaseModel, *, include_raw: bool) -> bytes:
     """A unified record or page as JSON, as ``model_dump_json`` writes it (``raw`` left out unless
     ``include_raw``), by orjson: several times faster on a page of records. Every field of the unified models
     is a string, number, bool, enum, ``Decimal`` (Money, a decimal string), date/datetime (RFC 3339, UTC as
-    ``Z``), list or nested record; tests/connectors/test_records.py pins the equality for every record type.
+    ``Z``), list or nested record; tests/connectors/test_records.py pins the equality byte for byte.
     """
     try:
         return orjson.dumps(
