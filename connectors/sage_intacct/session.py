@@ -79,8 +79,9 @@ connection is re-established, because repeated failed sign-ins can lock the Inta
 REST_REJECTED = "rest_rejected_at"
 
 DUPLICATE_CONTROLID_ERRORNO = "XL03000004"
-"""The error for a repeated function controlid under ``uniqueid=true`` is undocumented (§1.5, §7); this
-is the simulator's default and the text heuristics in :func:`is_duplicate_controlid` cover other wording."""
+"""The error for a repeated function controlid under ``uniqueid=true`` is undocumented (§1.5, §7,
+factcheck.md §15). This errorno is one guess; the simulator's default answers ``BL01001973`` (the errorno of
+ordinary business errors too), so :func:`is_duplicate_controlid` recognises a duplicate by its wording."""
 
 
 def now() -> dt.datetime:

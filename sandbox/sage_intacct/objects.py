@@ -311,13 +311,19 @@ def _check_location(
 
 
 def _journal_lines(
-    company: CompanyState, data: JournalInput, entity: str, action: str, batch_date: date
+    company: CompanyState,
+    data: JournalInput,
+    entity: str,
+    action: str,
+    batch_date: date,
+    base_location: str,
 ) -> list[Record]:
     schema = SCHEMAS["GLBATCH"]
     if len(data.lines) < 2:
         # §2.6: "ENTRIES = GLENTRY[2..n]" / "Must have at least two lines (one debit, one credit)".
         raise fail(action, schema, "A journal entry must have at least two lines (one debit, one credit)")
     debit = credit = Decimal(0)
+    by_entity: dict[str, Decimal] = {}  # entity -> debits minus credits
     lines: list[Record] = []
     currency = company.config.entities.get(entity, company.config.base_currency)
     for number, line in enumerate(data.lines, start=1):
@@ -363,6 +369,9 @@ def _journal_lines(
             debit += amount
         else:
             credit += amount
+        if company.multi_entity:
+            owner = company.location_entity(location) or location
+            by_entity[owner] = by_entity.get(owner, Decimal(0)) + (amount if tr_type == "1" else -amount)
         lines.append(
             {
                 "LINE_NO": str(number),
@@ -394,6 +403,18 @@ def _journal_lines(
             f"The transaction is out of balance: debits {fmt_decimal(debit)} do not equal credits "
             f"{fmt_decimal(credit)}",
             "Make sure the total of the debit lines equals the total of the credit lines.",
+        )
+    unbalanced = sorted(name for name, net in by_entity.items() if net != 0)
+    if unbalanced and not base_location:
+        # factcheck.md §13 (developer.intacct.com journal-entries table): BASELOCATION_NO "is required in
+        # multi-entity when entries do not balance by entity". Only a top-level batch can get here: an
+        # entity-level one has every line in its own entity. The wording is the simulator's.
+        raise fail(
+            action,
+            schema,
+            f"Required field BASELOCATION_NO is missing: the entries do not balance by entity "
+            f"({', '.join(unbalanced)})",
+            "Give BASELOCATION_NO, or make the debits equal the credits within each entity.",
         )
     return lines
 
@@ -455,7 +476,7 @@ def create_glbatch(
     company: CompanyState, data: JournalInput, entity: str, user: str, now: datetime
 ) -> Record:
     header, batch_date = _journal_header(company, data.header, "create")
-    lines = _journal_lines(company, data, entity, "create", batch_date)
+    lines = _journal_lines(company, data, entity, "create", batch_date, header["BASELOCATION_NO"])
     table = company.table("GLBATCH")
     recordno = table.next_recordno()
     stamp = fmt_timestamp(now)
@@ -491,7 +512,7 @@ def update_glbatch(
     merged_header.update(data.header)
     header, batch_date = _journal_header(company, merged_header, "update")
     if data.has_entries:
-        lines = _journal_lines(company, data, entity, "update", batch_date)
+        lines = _journal_lines(company, data, entity, "update", batch_date, header["BASELOCATION_NO"])
     else:
         existing = [
             company.table("GLENTRY").get(n) for n in company.table("GLENTRY").lookup("BATCHNO", recordno)

@@ -617,6 +617,31 @@ async def test_glbatch_balance_and_multi_entity_location(
     )
 
 
+async def test_top_level_glbatch_unbalanced_by_entity_needs_baselocation_no(
+    client: httpx.AsyncClient, sim: SageIntacctSimulator
+) -> None:
+    # factcheck.md §13: BASELOCATION_NO is required in multi-entity when entries do not balance by entity.
+    top = LOGIN.replace("DEMO-CO", "DEMO-ME")
+    cross = [("6000", "1", "5", "UK1-HQ"), ("2000", "-1", "5", "US1-HQ")]
+    root = await post_xml(client, envelope(("x1", glbatch_xml(cross, reference="X-1")), auth=top))
+    assert results(root)[0].findtext("status") == "failure"
+    assert "BASELOCATION_NO" in (results(root)[0].findtext("errormessage/error/description2") or "")
+    assert not [b for b in sim.records("DEMO-ME", "GLBATCH") if b["REFERENCENO"] == "X-1"]
+
+    based = glbatch_xml(cross, reference="X-2").replace(
+        "<ENTRIES>", "<BASELOCATION_NO>US1</BASELOCATION_NO><ENTRIES>"
+    )
+    root = await post_xml(client, envelope(("x2", based), auth=top))
+    assert results(root)[0].findtext("status") == "success"
+    [batch] = [b for b in sim.records("DEMO-ME", "GLBATCH") if b["REFERENCENO"] == "X-2"]
+    assert batch["BASELOCATION_NO"] == "US1" and batch["MEGAENTITYID"] == ""
+
+    each = [("6000", "1", "5", "UK1-HQ"), ("2000", "-1", "5", "UK1"), ("6000", "1", "7", "US1-HQ")]
+    each.append(("2000", "-1", "7", "US1"))
+    root = await post_xml(client, envelope(("x3", glbatch_xml(each, reference="X-3")), auth=top))
+    assert results(root)[0].findtext("status") == "success"
+
+
 async def test_create_invoice_enforces_xsd_order_and_returns_key(
     client: httpx.AsyncClient, sim: SageIntacctSimulator
 ) -> None:
