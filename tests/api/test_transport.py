@@ -154,3 +154,55 @@ async def test_the_shared_client_never_sends_back_an_upstream_cookie(transport: 
             assert r.status_code == 200 and "session=" in r.headers["set-cookie"]
         assert len(client.cookies) == 0
     assert server.cookies == [None, None, None]
+
+
+def _answer(raw: bytes, *, close: bool = True) -> Handler:
+    """A server that answers every request with ``raw`` (then closes the connection)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(raw)
+        await writer.drain()
+        if close:
+            writer.close()
+
+    return handle
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_gzip_body_is_decoded_and_a_chunked_one_gets_no_invented_length(
+    transport: HttpTransport,
+) -> None:
+    import gzip
+
+    packed = gzip.compress(b'{"ok":true}')
+    gzipped = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        + f"Content-Length: {len(packed)}\r\nConnection: close\r\n\r\n".encode()
+        + packed
+    )
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b'Connection: close\r\n\r\n5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n'
+    )
+    async with make_http_client(5.0, transport) as client:
+        async with _serve(_answer(gzipped)) as url:
+            r = await client.get(url)
+        assert r.json() == {"ok": True} and r.headers["content-encoding"] == "gzip"
+        async with _serve(_answer(chunked)) as url:
+            r = await client.get(url)
+        assert r.json() == {"a": 1} and "content-length" not in r.headers
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_truncated_or_malformed_answer_is_sent_with_an_unknown_outcome(
+    transport: HttpTransport,
+) -> None:
+    truncated = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"partial'
+    garbage = b"NOT-HTTP garbage\r\n\r\n"
+    async with make_http_client(5.0, transport) as client:
+        for raw in (truncated, garbage):
+            async with _serve(_answer(raw)) as url:
+                with pytest.raises(httpx.HTTPError) as caught:
+                    await client.post(f"{url}/journals", content=b"{}")
+            assert isinstance(caught.value, httpx.RemoteProtocolError | httpx.ReadError), repr(caught.value)
