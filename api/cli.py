@@ -15,8 +15,11 @@ from api.vault import KeyringError
 
 def _factory() -> object:
     from api.app import create_app
+    from api.runtime import tune_gc
 
-    return create_app()
+    app = create_app()
+    tune_gc()
+    return app
 
 
 def preflight(settings: Settings) -> None:

@@ -52,3 +52,36 @@ async def test_tampered_ciphertext_is_a_clear_problem_and_changes_nothing(gatewa
     async with gateway.app.state.lb.db.sessions() as session:
         again = (await session.execute(select(Credential).where(Credential.id == row.id))).scalar_one()
     assert again.ciphertext == tampered
+
+
+def test_json_log_lines_stay_json_for_any_extra_value() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("ledgerbridge.test.values")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("big", extra={"count": 2**70, "nested": {1: "one"}, "when": object()})
+        logger.info("plain Bearer abc.def", extra={"session_id": "s-1", "status": 201})
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["count"] == 2**70 and first["message"] == "big"
+    assert second["session_id"] == "[redacted]" and second["status"] == 201
+    assert "abc.def" not in second["message"]
+    assert first["time"][:4].isdigit() and "T" in first["time"]
+
+
+def test_serving_processes_freeze_the_start_up_heap_for_the_collector() -> None:
+    import gc
+
+    from api.runtime import GC_THRESHOLD, tune_gc
+
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold() == GC_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
