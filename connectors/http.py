@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import random
 import time
 from collections.abc import Mapping
@@ -51,6 +52,15 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
+
+
+@functools.lru_cache(maxsize=2048)
+def parsed_url(url: str) -> httpx.URL:
+    """``url`` parsed once per process. httpx checks and re-encodes every character of a URL it is handed as
+    a string (a quarter of a million instructions for a Sage list URL with its ``attributes``, more than the
+    rest of building the request), and a connector calls the same few URLs again and again; ``httpx.URL``
+    is immutable, so one parsed instance serves every request. Bounded: a cursor's URL is new each time."""
+    return httpx.URL(url)
 
 
 def backoff_delay(attempt: int, policy: RetryPolicy, retry_after: float | None = None) -> float:

@@ -356,6 +356,12 @@ def trusted(model: Callable[P, R]) -> Callable[P, R]:
 _BUILDERS: dict[Any, Callable[..., Any]] = {}
 
 
+_BASE_SLOTS = BaseModel.__dict__
+_set_fields = _BASE_SLOTS["__pydantic_fields_set__"].__set__
+_set_extra = _BASE_SLOTS["__pydantic_extra__"].__set__
+_set_private = _BASE_SLOTS["__pydantic_private__"].__set__
+
+
 def _builder(model: Callable[P, R]) -> Callable[P, R]:
     cls: type[R] = model  # type: ignore[assignment]
     template: dict[str, Any] = {}
@@ -367,22 +373,26 @@ def _builder(model: Callable[P, R]) -> Callable[P, R]:
         else:
             template[name] = None if field.is_required() else field.default
     new = cls.__new__
-    names = frozenset(template)
+    order = tuple(template)
+    names = set(order)
 
     def build(*args: P.args, **values: P.kwargs) -> R:
         if args:
             raise TypeError(f"{cls.__name__} takes keyword arguments only")
         record = new(cls)
-        fields = template.copy()
-        fields.update(values)
-        if factories:
-            for name, factory in factories.items():
-                if name not in values:
-                    fields[name] = factory()
+        if tuple(values) == order:
+            fields: dict[str, Any] = values  # every field, in declaration order: the call's own dict as is
+        else:
+            fields = template.copy()
+            fields.update(values)
+            if factories:
+                for name, factory in factories.items():
+                    if name not in values:
+                        fields[name] = factory()
         _set(record, "__dict__", fields)
-        _set(record, "__pydantic_fields_set__", set(names))  # a table copy: cheaper than hashing the names
-        _set(record, "__pydantic_extra__", None)
-        _set(record, "__pydantic_private__", None)
+        _set_fields(record, names.copy())
+        _set_extra(record, None)
+        _set_private(record, None)
         return record
 
     return build

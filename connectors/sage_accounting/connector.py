@@ -54,7 +54,14 @@ from connectors.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from connectors.http import DEFAULT_POLICY, RetryMode, RetryPolicy, send, upstream_request_id
+from connectors.http import (
+    DEFAULT_POLICY,
+    RetryMode,
+    RetryPolicy,
+    parsed_url,
+    send,
+    upstream_request_id,
+)
 from connectors.models import (
     Account,
     Contact,
@@ -68,6 +75,7 @@ from connectors.models import (
     JournalCreate,
     Page,
     TaxRate,
+    trusted,
 )
 from connectors.sage_accounting import mapping, oauth
 from connectors.sage_accounting.config import SageAccountingApp, SageAccountingSettings, SageBusiness
@@ -84,6 +92,7 @@ from connectors.sage_accounting.wire import (
     list_path,
     next_path,
     since_param,
+    typed_items,
     upstream_info,
 )
 
@@ -92,6 +101,7 @@ T = TypeVar("T", bound=BaseModel)
 M = TypeVar("M", bound=BaseModel)
 
 logger = logging.getLogger(__name__)
+_PAGE: Callable[..., Page[Any]] = trusted(Page)
 
 # Response headers a proxy caller may see (CONTRACT §8); the rest (cookies, hop-by-hop) stays here.
 PROXY_RESPONSE_HEADERS = (
@@ -573,7 +583,7 @@ class SageAccountingConnector(Connector):
         headers["Authorization"] = f"Bearer {secrets.values.get(oauth.ACCESS_TOKEN, '')}"
         if business is not None:
             headers["X-Business"] = business
-        request = httpx.Request(method, url, headers=headers, content=body)
+        request = httpx.Request(method, parsed_url(url), headers=headers, content=body)
         call = UpstreamCall(
             PROVIDER,
             method,
@@ -714,11 +724,17 @@ class SageAccountingConnector(Connector):
         response = await self._call("GET", path, f"GET /{collection}", retry="read")
         if not response.is_success:
             raise error_for(response, "read")
-        items, following = list_items(json_body(response))
+        record = None if query.include_raw else mapping.LIST_RECORDS.get(collection)
+        items: Sequence[Any]
+        if record is not None:
+            items, following = typed_items(response, record)
+        else:
+            items, following = list_items(json_body(response))
         cursor = encode_cursor(next_path(following, self.app.api_url, params)) if following else None
-        # Page(...), not Page[T](...): a TypeVar-parametrized class is not kept alive by pydantic's generic
-        # cache, so it would be built anew (a class creation) on every call.
-        return Page(data=[mapper(item, include_raw=query.include_raw) for item in items], next_cursor=cursor)
+        # Page, not Page[T]: a TypeVar-parametrized class is not kept alive by pydantic's generic cache, so it
+        # would be built anew (a class creation) on every call; trusted: the records are the mapping's own.
+        records = [mapper(item, include_raw=query.include_raw) for item in items]
+        return _PAGE(data=records, next_cursor=cursor)
 
     @staticmethod
     def _filters(resource: Resource, filters: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -8,10 +8,13 @@ reason a write cannot be carried, without any I/O. Section numbers refer to
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
+
+import msgspec
 
 from connectors.errors import ErrorCollector, Problem, UpstreamError, UpstreamInfo
 from connectors.models import (
@@ -36,7 +39,16 @@ from connectors.models import (
     journal_problems,
     trusted,
 )
-from connectors.sage_accounting.wire import PROVIDER, date, money, money_out, ref_id, text, timestamp
+from connectors.sage_accounting.wire import (
+    PROVIDER,
+    date,
+    lenient,
+    money,
+    money_out,
+    ref_id,
+    text,
+    timestamp,
+)
 
 # §10.1: GET /contact_types is exactly CUSTOMER ("Customer") and VENDOR ("Supplier").
 ROLE_TYPES = {ContactRole.customer: "CUSTOMER", ContactRole.supplier: "VENDOR"}
@@ -104,16 +116,11 @@ def _unexpected(what: str) -> UpstreamError:
     return UpstreamError(f"Sage Accounting returned {what}", upstream=UpstreamInfo(PROVIDER))
 
 
-def _identity(item: Mapping[str, Any], include_raw: bool) -> dict[str, Any]:
+def _key(item: Mapping[str, Any]) -> str:
     ident = item.get("id")
-    if not isinstance(ident, str) or not ident:
+    if ident.__class__ is not str or not ident:
         raise _unexpected("a record without an id")
-    return {
-        "id": ident,
-        "created_at": timestamp(item.get("created_at")),
-        "updated_at": timestamp(item.get("updated_at")),
-        "raw": dict(item) if include_raw else None,
-    }
+    return ident
 
 
 def _amounts(item: Mapping[str, Any], **names: str) -> dict[str, Decimal]:
@@ -122,40 +129,82 @@ def _amounts(item: Mapping[str, Any], **names: str) -> dict[str, Decimal]:
     return {key: value for key, value in found.items() if value is not None}
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}  # parsed JSON: a dict check (no ABC) per field
-
-
 # --- contacts -------------------------------------------------------------------------------------
 
-_REFERENCE_KEYS = frozenset({"id", "displayed_as", "$path"})
-_ADDRESS_FIELDS = (
-    "address_line_1",
-    "address_line_2",
-    "city",
-    "region",
-    "postal_code",
-    "country",
-    "country_id",
-)
+
+class _Ref(msgspec.Struct):
+    """§9: a reference object ``{"id", "displayed_as", "$path"}``, as far as a mapping reads it."""
+
+    id: str | None = None
 
 
-def _address_from_sage(value: Any, kind: AddressType) -> Address | None:
+class _Person(msgspec.Struct):
+    email: str | None = None
+    telephone: str | None = None
+    mobile: str | None = None
+
+
+class _Address(msgspec.Struct):
+    address_line_1: str | None = None
+    address_line_2: str | None = None
+    city: str | None = None
+    region: str | None = None
+    postal_code: str | None = None
+    country: _Ref | None = None
+    country_id: str | None = None
+
+
+class SageContact(msgspec.Struct):
+    """The attributes of a Sage contact (§10.1) that :func:`contact_from_sage` reads."""
+
+    id: str | None = None
+    displayed_as: str | None = None
+    name: str | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    contact_types: list[_Ref] | None = None
+    email: str | None = None
+    main_contact_person: _Person | None = None
+    reference: str | None = None
+    is_active: bool | None = None
+    currency: _Ref | None = None
+    tax_number: str | None = None
+    main_address: _Address | None = None
+    delivery_address: _Address | None = None
+
+
+def _text(value: str | None) -> str | None:
+    """:func:`~connectors.sage_accounting.wire.text` of a value already typed ``str | None``."""
+    return value if value and value != "null" else None
+
+
+def _ref(value: _Ref | None) -> str | None:
+    return value.id or None if value is not None else None
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """§9: timestamps are UTC; one without an offset is read as UTC."""
+    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+
+
+def _address_from_sage(value: _Address | None, kind: AddressType) -> Address | None:
     # §10.1: a contact's addresses are often only references ({id, displayed_as, $path}); only an
     # expanded address (nested_attributes) carries the lines.
-    if not isinstance(value, dict) or value.keys() <= _REFERENCE_KEYS:
-        return None  # the common case, answered without looking at every address field
-    if not any(value.get(name) for name in _ADDRESS_FIELDS):
+    if value is None:
         return None
-    data = value
+    country = _ref(value.country) or _text(value.country_id)
+    lines = [_text(v) for v in (value.address_line_1, value.address_line_2, value.city, value.region)]
+    postal_code = _text(value.postal_code)
+    if not (any(lines) or postal_code or country):
+        return None  # a reference only
     return trusted(Address)(
         type=kind,
-        line1=text(data.get("address_line_1")),
-        line2=text(data.get("address_line_2")),
-        city=text(data.get("city")),
-        region=text(data.get("region")),
-        postal_code=text(data.get("postal_code")),
-        country=ref_id(data.get("country")) or text(data.get("country_id")),
+        line1=lines[0],
+        line2=lines[1],
+        city=lines[2],
+        region=lines[3],
+        postal_code=postal_code,
+        country=country,
     )
 
 
@@ -163,29 +212,53 @@ _MAIN, _SHIPPING = AddressType.main, AddressType.shipping
 _ACTIVE, _INACTIVE = Status.active, Status.inactive
 
 
-def contact_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> Contact:
-    # Runs for every record of a contacts page: lookups hoisted, enum members read once (module constants).
-    get = item.get
-    person = _mapping(get("main_contact_person"))
-    roles = [TYPE_ROLES[kind] for kind in map(ref_id, get("contact_types") or []) if kind in TYPE_ROLES]
+def contact_from_sage(item: Mapping[str, Any] | SageContact, *, include_raw: bool = False) -> Contact:
+    """A unified contact from a Sage contact: a parsed JSON object, or a :class:`SageContact` as a list page
+    decodes it (:func:`~connectors.sage_accounting.wire.typed_items`; ``raw`` needs the JSON object)."""
+    raw = dict(item) if include_raw and isinstance(item, Mapping) else None
+    c = item if isinstance(item, SageContact) else lenient(SageContact, item)
+    # Runs for every record of a contacts page (the gateway's hottest loop): attribute reads of a decoded
+    # Struct, enum members read once (module constants), and the record built in one call with its fields in
+    # declaration order (see connectors.models.trusted).
+    if not c.id:
+        raise _unexpected("a record without an id")
+    person = c.main_contact_person
+    roles = []
+    for kind in c.contact_types or ():
+        role = TYPE_ROLES.get(kind.id or "")
+        if role is not None:
+            roles.append(role)
     addresses = []
-    if (main := _address_from_sage(get("main_address"), _MAIN)) is not None:
-        addresses.append(main)
-    if (delivery := _address_from_sage(get("delivery_address"), _SHIPPING)) is not None:
-        addresses.append(delivery)
-    return trusted(Contact)(
-        **_identity(item, include_raw),
+    if c.main_address is not None and (address := _address_from_sage(c.main_address, _MAIN)) is not None:
+        addresses.append(address)
+    if (
+        c.delivery_address is not None
+        and (address := _address_from_sage(c.delivery_address, _SHIPPING)) is not None
+    ):
+        addresses.append(address)
+    return _CONTACT(
+        id=c.id,
+        created_at=_aware(c.created_at),
+        updated_at=_aware(c.updated_at),
+        raw=raw,
         roles=roles,
-        name=text(get("name")) or text(get("displayed_as")) or "",
+        name=_text(c.name) or _text(c.displayed_as) or "",
         # §10.1: the response's top-level email is the main contact person's.
-        email=text(get("email")) or text(person.get("email")),
-        phone=text(person.get("telephone")) or text(person.get("mobile")),
-        reference=text(get("reference")),
-        status=_INACTIVE if get("is_active") is False else _ACTIVE,
-        currency=ref_id(get("currency")),
-        tax_number=text(get("tax_number")),
+        email=_text(c.email) or (_text(person.email) if person is not None else None),
+        phone=(_text(person.telephone) or _text(person.mobile)) if person is not None else None,
+        reference=_text(c.reference),
+        status=_INACTIVE if c.is_active is False else _ACTIVE,
+        currency=_ref(c.currency),
+        tax_number=_text(c.tax_number),
         addresses=addresses,
     )
+
+
+_CONTACT = trusted(Contact)
+
+#: Collections whose list pages are decoded straight into Structs (``typed_items``) when ``raw`` is not asked
+#: for; the others are read as plain JSON.
+LIST_RECORDS: dict[str, type[msgspec.Struct]] = {"contacts": SageContact}
 
 
 def _address_body(address: Address) -> dict[str, Any]:
@@ -300,7 +373,10 @@ def invoice_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> 
         raise _unexpected("a sales invoice without a date")
     status = ref_id(item.get("status")) or ""
     return trusted(Invoice)(
-        **_identity(item, include_raw),
+        id=_key(item),
+        created_at=timestamp(item.get("created_at")),
+        updated_at=timestamp(item.get("updated_at")),
+        raw=dict(item) if include_raw else None,
         # §10.2: invoice_number is "SI-370" (or "SI-DRAFT" while draft); displayed_as equals it.
         number=text(item.get("invoice_number")) or text(item.get("displayed_as")),
         contact_id=ref_id(item.get("contact")) or "",
@@ -441,7 +517,10 @@ def journal_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> 
         if isinstance(line, Mapping)
     ]
     return trusted(Journal)(
-        **_identity(item, include_raw),
+        id=_key(item),
+        created_at=timestamp(item.get("created_at")),
+        updated_at=timestamp(item.get("updated_at")),
+        raw=dict(item) if include_raw else None,
         date=posted,
         reference=text(item.get("reference")),
         # §9: journal examples carry the string "null" as description.
@@ -507,7 +586,10 @@ def account_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> 
     group = ref_id(item.get("ledger_account_group")) or ""
     code = item.get("nominal_code")
     return trusted(Account)(
-        **_identity(item, include_raw),
+        id=_key(item),
+        created_at=timestamp(item.get("created_at")),
+        updated_at=timestamp(item.get("updated_at")),
+        raw=dict(item) if include_raw else None,
         # §10.4: displayed_as shows the nominal code zero-padded to four digits ("Cash (1210)", "(0041)").
         code=f"{code:04d}" if isinstance(code, int) and not isinstance(code, bool) else None,
         name=text(item.get("name")) or text(item.get("displayed_as")) or "",
@@ -518,7 +600,10 @@ def account_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> 
 
 def tax_rate_from_sage(item: Mapping[str, Any], *, include_raw: bool = False) -> TaxRate:
     return trusted(TaxRate)(
-        **_identity(item, include_raw),
+        id=_key(item),
+        created_at=timestamp(item.get("created_at")),
+        updated_at=timestamp(item.get("updated_at")),
+        raw=dict(item) if include_raw else None,
         # §10.5: name is the type ("STANDARD"); displayed_as is what users see ("Standard 20.00%").
         name=text(item.get("displayed_as")) or text(item.get("name")) or "",
         rate=money(item.get("percentage")),

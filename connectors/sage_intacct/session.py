@@ -36,7 +36,7 @@ from connectors.errors import (
     UpstreamUnavailable,
     ValidationFailed,
 )
-from connectors.http import RetryMode, send
+from connectors.http import RetryMode, parsed_url, send
 from connectors.sage_intacct.config import SageIntacctApp, SageIntacctSettings
 from connectors.sage_intacct.rest import (
     RestError,
@@ -551,7 +551,7 @@ class IntacctClient:
             label=label,
             request_body=logged,
         )
-        request = httpx.Request("POST", url, content=body, headers=XML_HEADERS)
+        request = httpx.Request("POST", parsed_url(url), content=body, headers=XML_HEADERS)
         response = await send(self.ctx, call, request, retry=retry)
         return response, parse_http(response)
 
@@ -724,7 +724,9 @@ class IntacctClient:
             request_headers.update(
                 self._rest_headers(secrets.values[REST_ACCESS_TOKEN], has_body=content is not None)
             )
-            request = httpx.Request(method, url, params=params, content=content, headers=request_headers)
+            request = httpx.Request(
+                method, parsed_url(url), params=params, content=content, headers=request_headers
+            )
             call = UpstreamCall(
                 provider=PROVIDER,
                 method=method,

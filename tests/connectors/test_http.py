@@ -163,3 +163,14 @@ def test_retry_after_forms() -> None:
     http_date = email.utils.formatdate(now + 30, usegmt=True)
     parsed = parse_retry_after(http_date, now=now)
     assert parsed is not None and 28 <= parsed <= 31
+
+
+def test_parsed_urls_are_parsed_once_and_invalid_ones_still_refused() -> None:
+    from connectors.http import parsed_url
+
+    url = "http://127.0.0.1:9/v3.1/contacts?items_per_page=50&attributes=name,email"
+    assert parsed_url(url) is parsed_url(url)
+    assert str(httpx.Request("GET", parsed_url(url)).url) == url
+    for _ in range(2):
+        with pytest.raises(httpx.InvalidURL):
+            parsed_url("http://127.0.0.1:9/a\nb")

@@ -90,3 +90,30 @@ def test_dump_json_falls_back_for_what_orjson_refuses() -> None:
     assert json.loads(dump_json(record, include_raw=True))["raw"]["big"] == huge
     page = Page(data=[record], next_cursor=None)
     assert "raw" not in json.loads(dump_json(page, include_raw=False))["data"][0]
+
+
+def test_every_field_given_in_order_or_not_builds_the_same_record() -> None:
+    fields = {
+        "id": "c-1",
+        "created_at": None,
+        "updated_at": None,
+        "raw": None,
+        "roles": [ContactRole.customer],
+        "name": "A",
+        "email": None,
+        "phone": None,
+        "reference": "R1",
+        "status": Status.active,
+        "currency": "GBP",
+        "tax_number": None,
+        "addresses": [],
+    }
+    assert list(fields) == list(Contact.model_fields)
+    in_order = trusted(Contact)(**fields)  # type: ignore[arg-type]
+    shuffled = trusted(Contact)(**dict(reversed(fields.items())))  # type: ignore[arg-type]
+    validated = Contact.model_validate(fields)
+    for record in (in_order, shuffled):
+        assert record == validated and list(record.__dict__) == list(Contact.model_fields)
+        assert record.model_fields_set == set(Contact.model_fields)
+        assert dump_json(record, include_raw=True) == validated.model_dump_json().encode()
+    assert in_order.model_fields_set is not shuffled.model_fields_set  # each record its own set

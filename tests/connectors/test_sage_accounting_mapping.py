@@ -418,3 +418,61 @@ def test_json_bodies_parse_like_the_standard_library() -> None:
     assert wire.json_body(httpx.Response(200, content=b"\xef\xbb\xbf" + raw)) == page  # a BOM, tolerated
     for bad in (b"", b"{not json", b"<html>Bad gateway</html>"):
         assert wire.json_body(httpx.Response(502, content=bad)) is None
+
+
+def _page(items: list[Any], following: str | None = None, *, bom: bool = False) -> httpx.Response:
+    content = json.dumps({"$total": len(items), "$next": following, "$items": items}).encode()
+    return httpx.Response(200, content=(b"\xef\xbb\xbf" if bom else b"") + content)
+
+
+def test_typed_pages_read_as_the_plain_json_mapping_does() -> None:
+    items, following = wire.list_items(example("swagger.contacts.json", "/contacts"))
+    detail = example("swagger.contacts.json", "/contacts/{key}")
+    expanded = {
+        **detail,
+        "id": "expanded",
+        "main_address": example("swagger.contacts.json", "/addresses/{key}")
+        | {"address_line_1": "12 Acacia Ave", "city": "Leeds"},
+        "delivery_address": {"id": "ref-only", "displayed_as": "x", "$path": "/addresses/ref-only"},
+        "main_contact_person": {"email": "null", "telephone": "", "mobile": "07700 900000"},
+        "updated_at": "2026-11-30T10:00:00",  # no offset: UTC (§9)
+    }
+    every = [*items, detail, expanded]
+    typed, next_page = wire.typed_items(_page(every, following), mapping.SageContact)
+    assert next_page == following
+    assert [mapping.contact_from_sage(c) for c in typed] == [mapping.contact_from_sage(i) for i in every]
+    last = mapping.contact_from_sage(typed[-1])
+    assert last.phone == "07700 900000" and last.email is None
+    assert last.updated_at == dt.datetime(2026, 11, 30, 10, tzinfo=dt.UTC)
+    assert [a.line1 for a in last.addresses] == ["12 Acacia Ave"]
+
+
+def test_a_page_with_an_unexpected_value_is_still_read_record_by_record() -> None:
+    good = {
+        "id": "a",
+        "name": "Alpha",
+        "created_at": "2026-11-30T10:00:00Z",
+        "contact_types": [{"id": "VENDOR"}],
+    }
+    odd = {
+        "id": "b",
+        "name": 12345,  # not a string: reads as absent, as the plain-JSON readers do
+        "displayed_as": "Beta (B1)",
+        "created_at": "2026-11-30 10:00:00",  # Python reads it, RFC 3339 does not
+        "is_active": False,
+        "currency": "GBP",  # not a reference object
+    }
+    for response in (_page([good, odd], "/contacts?page=2"), _page([good], bom=True)):
+        typed, following = wire.typed_items(response, mapping.SageContact)
+        contacts = [mapping.contact_from_sage(c) for c in typed]
+        assert contacts[0].name == "Alpha" and contacts[0].roles == [ContactRole.supplier]
+    assert following is None
+    typed, following = wire.typed_items(_page([good, odd], "/contacts?page=2"), mapping.SageContact)
+    beta = mapping.contact_from_sage(typed[1])
+    assert following == "/contacts?page=2"
+    assert beta.name == "Beta (B1)" and beta.status == Status.inactive and beta.currency is None
+    assert beta.created_at == dt.datetime(2026, 11, 30, 10, tzinfo=dt.UTC)
+    with pytest.raises(UpstreamError):
+        wire.typed_items(httpx.Response(200, content=b"[1, 2]"), mapping.SageContact)
+    with pytest.raises(UpstreamError):
+        mapping.contact_from_sage(wire.lenient(mapping.SageContact, {"name": "no id"}))
