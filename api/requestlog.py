@@ -56,8 +56,7 @@ class RequestLogWriter:
             if not rows:
                 return
             try:
-                async with self.db.session() as session:
-                    await session.execute(insert(RequestLog), rows)
+                await self._insert(rows)
             except (DataError, IntegrityError):
                 await self._insert_singly(rows)
             except Exception:
@@ -68,12 +67,17 @@ class RequestLogWriter:
                     del self.pending[MAX_PENDING:]
                     log.error("request log backlog full: %d rows dropped", dropped)
 
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        # A Core executemany on a connection of its own: no ORM unit of work (and its bulk-insert
+        # bookkeeping) for rows that are only ever written.
+        async with self.db.engine.begin() as connection:
+            await connection.execute(insert(RequestLog), rows)
+
     async def _insert_singly(self, rows: list[dict[str, Any]]) -> None:
         """One bad row (the database refused its data) must not hold back the others."""
         for row in rows:
             try:
-                async with self.db.session() as session:
-                    await session.execute(insert(RequestLog), [row])
+                await self._insert([row])
             except (DataError, IntegrityError):
                 log.error("request log row refused by the database", extra={"request_id": row.get("id")})
 

@@ -129,7 +129,7 @@ class Governor:
         self._released: dict[str, asyncio.Event] = {}
         self._pending: set[asyncio.Future[None]] = set()
         self._allowance: dict[str, _Allowance] = {}
-        self._applied_cache: dict[tuple[str, str, str, str | None], list[_Applied]] = {}
+        self._applied_cache: dict[tuple[str | None, ...], list[_Applied]] = {}
         self._asking: dict[str, asyncio.Event] = {}
         """Buckets with a store call of this process in flight: their state is being refreshed, so other calls
         need not ask too (no herd of identical statements each time a state turns ``STATE_TTL`` old)."""
@@ -163,15 +163,33 @@ class Governor:
                 applied.append(_Applied(policy, storage_key(policy, partition)))
         return applied
 
-    def _for_call(self, call: UpstreamCall, tenant_id: str) -> list[_Applied]:
-        key = (call.provider, call.kind, tenant_id, call.scope)
+    def _cached(
+        self, key: tuple[str | None, ...], select: Callable[[Policy], bool], tenant_id: str, scope: str | None
+    ) -> list[_Applied]:
         applied = self._applied_cache.get(key)
         if applied is None:
             if len(self._applied_cache) >= 10_000:
                 self._applied_cache.clear()
-            policies = [p for p in self.policies if p.applies(call.provider, call.kind)]
-            applied = self._applied_cache[key] = self._applied(policies, tenant_id, call.scope)
+            policies = [p for p in self.policies if select(p)]
+            applied = self._applied_cache[key] = self._applied(policies, tenant_id, scope)
         return applied
+
+    def _for_call(self, call: UpstreamCall, tenant_id: str) -> list[_Applied]:
+        return self._cached(
+            ("call", call.provider, call.kind, tenant_id, call.scope),
+            lambda p: p.applies(call.provider, call.kind),
+            tenant_id,
+            call.scope,
+        )
+
+    def _for_headers(self, tenant_id: str, provider: str | None, scope: str | None) -> list[_Applied]:
+        """The budgets a response reports on: the tenant's own, and its provider's."""
+        return self._cached(
+            ("headers", provider, tenant_id, scope),
+            lambda p: p.provider is None or (provider is not None and p.provider == provider),
+            tenant_id,
+            scope,
+        )
 
     # --- admission --------------------------------------------------------------------------------------
 
@@ -482,12 +500,7 @@ class Governor:
     async def response_headers(
         self, tenant_id: str, provider: str | None, scope: str | None
     ) -> dict[str, str]:
-        policies = [
-            p
-            for p in self.policies
-            if p.provider is None or (provider is not None and p.provider == provider)
-        ]
-        applied = self._applied(policies, tenant_id, scope)
+        applied = self._for_headers(tenant_id, provider, scope)
         if not applied:
             return {}
         now = self.clock()
