@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         default=3,
-        help="interleaved before/after rounds of the fixes scenario (default 3; 1 with --smoke)",
+        help="interleaved rounds of the throughput and fixes scenarios (default 3; 1 with --smoke)",
     )
     parser.add_argument(
         "--baseline",

@@ -310,98 +310,136 @@ def overhead(run: Run) -> Section:
 # --- 2. throughput (and 4a memory) ---------------------------------------------------------------------
 
 
-def _throughput_row(run: Run, workers: int, transport: str | None = None) -> dict[str, Any]:
-    gw = run.gateway(workers, transport)
-    _, through = contacts_targets(run)
+@dataclass
+class _Rounds:
+    """One row of the throughput table: ``rounds`` runs of a server, each between two direct runs."""
+
+    runs: list[LoadResult]
+    ratios: list[float]
+    peak_total: int = 0
+    peak_process: int = 0
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios) if self.ratios else 0.0
+
+    @property
+    def typical(self) -> LoadResult:
+        """The run whose ratio is the median (its req/s, latencies and CPU go in the table)."""
+        order = sorted(range(len(self.ratios)), key=lambda i: self.ratios[i])
+        return self.runs[order[len(order) // 2]]
+
+
+def _interleaved(run: Run, direct: Target, through: Target, pid: int, directs: list[LoadResult]) -> _Rounds:
+    """``through`` and ``direct`` alternately, ``run.rounds`` times: each run's ratio is taken against the
+    mean of the direct runs just before and just after it. On a shared machine whose speed drifts by tens of
+    percent within minutes, a single direct run measured minutes apart says more about the drift than
+    about the gateway."""
     run.warm(through)
-    with RssSampler(gw.pid) as rss:
-        result = run.load(through, run.connections, gw.pid)
-    return {
-        "result": result,
-        "peak_total": rss.peak_total,
-        "peak_process": rss.peak_process,
-        "processes": rss.processes,
-    }
+    rounds = _Rounds([], [])
+    with RssSampler(pid) as rss:
+        for _ in range(run.rounds):
+            before = directs[-1] if directs else run.load(direct, run.connections, run.sim_pid)
+            result = run.load(through, run.connections, pid)
+            after = run.load(direct, run.connections, run.sim_pid)
+            if not directs:
+                directs.append(before)
+            directs.append(after)
+            base = (before.rps + after.rps) / 2
+            rounds.runs.append(result)
+            rounds.ratios.append(result.rps / base if base else 0.0)
+    rounds.peak_total, rounds.peak_process = rss.peak_total, rss.peak_process
+    return rounds
 
 
-def _reference_row(run: Run, direct: Target) -> dict[str, Any]:
+def _reference_rounds(run: Run, direct: Target, directs: list[LoadResult]) -> _Rounds:
     """The same call as ``direct`` through ``bench.reference_proxy`` (started for this row, then stopped)."""
     stack = run.stack
     assert stack.sage is not None and direct.url.startswith(stack.sage.url)
     proxy = stack.start_reference_proxy()
     try:
         target = Target(proxy.url + direct.url.removeprefix(stack.sage.url), headers=run.direct_headers())
-        run.warm(target)
-        with RssSampler(proxy.pid) as rss:
-            result = run.load(target, run.connections, proxy.pid)
-        return {"result": result, "peak_total": rss.peak_total}
+        return _interleaved(run, direct, target, proxy.pid, directs)
     finally:
         stack.stop_proc(proxy)
 
 
+def _throughput_cells(label: str, workers: str, rounds: _Rounds, *, bold: bool) -> list[str]:
+    result = rounds.typical
+    ratio = f"{rounds.ratio:.2f}"
+    spread = f"{min(rounds.ratios):.2f}–{max(rounds.ratios):.2f}" if len(rounds.ratios) > 1 else ratio
+    return [
+        label,
+        workers,
+        f"{result.rps:.0f}",
+        ms(result.p50_ms),
+        ms(result.p99_ms),
+        f"**{ratio}**" if bold else ratio,
+        spread,
+        cpu(result),
+        f"{mib(rounds.peak_total):.0f}",
+        str(sum(r.errors for r in rounds.runs)),
+    ]
+
+
 def throughput(run: Run) -> Section:
-    """Unified reads/s through ``ledgerbridge serve`` (1 and 2 workers) vs the same load on the simulator."""
+    """Unified reads/s through ``ledgerbridge serve`` (1 and 2 workers) vs the same load on the simulator,
+    interleaved with direct runs (:func:`_interleaved`)."""
     run.ensure_connections()
     direct_t, _ = contacts_targets(run)
     run.warm(direct_t)
-    direct = run.load(direct_t, run.connections, run.sim_pid)
+    directs: list[LoadResult] = []
+    checks: dict[str, bool] = {}
+    reference = _reference_rounds(run, direct_t, directs)
     rows = [
+        _throughput_cells("minimal FastAPI proxy (reference, not the product)", "1", reference, bold=False)
+    ]
+    data: dict[str, Any] = {
+        "reference": {
+            **reference.typical.as_dict(),
+            "ratio": reference.ratio,
+            "ratios": reference.ratios,
+            "peak_rss_mib": mib(reference.peak_total),
+        }
+    }
+    for workers in (1, 2):
+        gw = run.gateway(workers)
+        _, through = contacts_targets(run)
+        rounds = _interleaved(run, direct_t, through, gw.pid, directs)
+        rows.append(
+            _throughput_cells(f"`ledgerbridge serve --workers {workers}`", str(workers), rounds, bold=True)
+        )
+        checks[f"{workers} worker(s): ratio ≥ 0.6"] = rounds.ratio >= 0.6
+        data[f"workers_{workers}"] = {
+            **rounds.typical.as_dict(),
+            "ratio": rounds.ratio,
+            "ratios": rounds.ratios,
+            "peak_rss_mib": mib(rounds.peak_total),
+            "peak_process_mib": mib(rounds.peak_process),
+        }
+        run.shared[f"rss_throughput_w{workers}"] = {
+            "peak_total": rounds.peak_total,
+            "peak_process": rounds.peak_process,
+        }
+    direct = sorted(directs, key=lambda r: r.rps)[len(directs) // 2]
+    rows.insert(
+        0,
         [
-            "simulator directly",
+            f"simulator directly (median of {len(directs)} runs)",
             "–",
             f"{direct.rps:.0f}",
             ms(direct.p50_ms),
             ms(direct.p99_ms),
             "1.00",
+            f"{min(r.rps for r in directs) / direct.rps:.2f}–{max(r.rps for r in directs) / direct.rps:.2f}"
+            if direct.rps
+            else "–",
             cpu(direct),
             "–",
-            str(direct.errors),
-        ]
-    ]
-    checks: dict[str, bool] = {}
-    data: dict[str, Any] = {"direct": direct.as_dict()}
-    reference = _reference_row(run, direct_t)
-    ref: LoadResult = reference["result"]
-    ref_ratio = ref.rps / direct.rps if direct.rps else 0.0
-    rows.append(
-        [
-            "minimal FastAPI proxy (reference, not the product)",
-            "1",
-            f"{ref.rps:.0f}",
-            ms(ref.p50_ms),
-            ms(ref.p99_ms),
-            f"{ref_ratio:.2f}",
-            cpu(ref),
-            f"{mib(reference['peak_total']):.0f}",
-            str(ref.errors),
-        ]
+            str(sum(r.errors for r in directs)),
+        ],
     )
-    data["reference"] = {**ref.as_dict(), "ratio": ref_ratio, "peak_rss_mib": mib(reference["peak_total"])}
-    for workers in (1, 2):
-        row = _throughput_row(run, workers)
-        result: LoadResult = row["result"]
-        ratio = result.rps / direct.rps if direct.rps else 0.0
-        rows.append(
-            [
-                f"`ledgerbridge serve --workers {workers}`",
-                str(workers),
-                f"{result.rps:.0f}",
-                ms(result.p50_ms),
-                ms(result.p99_ms),
-                f"**{ratio:.2f}**",
-                cpu(result),
-                f"{mib(row['peak_total']):.0f}",
-                str(result.errors),
-            ]
-        )
-        checks[f"{workers} worker(s): ratio ≥ 0.6"] = ratio >= 0.6
-        data[f"workers_{workers}"] = {
-            **result.as_dict(),
-            "ratio": ratio,
-            "peak_rss_mib": mib(row["peak_total"]),
-            "peak_process_mib": mib(row["peak_process"]),
-        }
-        run.shared[f"rss_throughput_w{workers}"] = row
+    data["direct"] = {**direct.as_dict(), "runs": [r.rps for r in directs]}
     run.gateway(1)
     return Section(
         "throughput",
@@ -413,12 +451,17 @@ def throughput(run: Run) -> Section:
             "req/s",
             "p50 ms",
             "p99 ms",
-            "ratio vs direct",
+            "ratio vs direct (median)",
+            "ratio range",
             "server CPU ms/call",
             "peak RSS MiB (all processes)",
             "errors",
         ],
         notes=[
+            f"Each server row is {run.rounds} run(s) of {run.duration:.0f} s, each between two direct runs of the "
+            "same load on the simulator; a run's ratio is its req/s over the mean of those two direct runs, and "
+            "the row shows the median ratio (and that run's req/s, latencies and CPU). The direct row is the "
+            "median of all direct runs, with their range relative to it.",
             "Load generator, simulator and gateway share the machine's cores: the ratio is the honest number, "
             "the absolute req/s is this machine's.",
             "The reference row is a one-route FastAPI app forwarding to the simulator with the same client "
@@ -565,11 +608,20 @@ def efficiency(run: Run) -> Section:
 # --- 4. memory ---------------------------------------------------------------------------------------------
 
 
+def _rss_under_load(run: Run, workers: int) -> dict[str, int]:
+    gw = run.gateway(workers)
+    _, through = contacts_targets(run)
+    run.warm(through)
+    with RssSampler(gw.pid) as rss:
+        run.load(through, run.connections, gw.pid)
+    return {"peak_total": rss.peak_total, "peak_process": rss.peak_process}
+
+
 def memory(run: Run) -> Section:
     """Peak RSS of the serve process during the throughput run and while paging every invoice."""
     run.ensure_connections()
     if "rss_throughput_w1" not in run.shared:
-        run.shared["rss_throughput_w1"] = _throughput_row(run, 1)
+        run.shared["rss_throughput_w1"] = _rss_under_load(run, 1)
     if "rss_paging_sage" not in run.shared:
         _seed(run)
         run.shared["rss_paging_sage"] = _page_all(run, run.stack.sage_connection)
@@ -709,7 +761,7 @@ def _statuses(result: LoadResult) -> str:
 
 
 def transport(run: Run) -> Section:
-    """The gateway's shared client on httpx's own transport vs ``httpx_aiohttp.AiohttpTransport``."""
+    """The gateway's shared client on httpx's own transport vs the gateway's aiohttp transport (``api.transport``)."""
     run.ensure_connections()
     direct_t, _ = contacts_targets(run)
     run.warm(direct_t)
@@ -784,7 +836,6 @@ _CATEGORIES = (
     ("aiosqlite", "aiosqlite / sqlite3"),
     ("sqlite3", "aiosqlite / sqlite3"),
     ("psycopg", "psycopg"),
-    ("httpx_aiohttp", "upstream client (httpx, httpcore, aiohttp)"),
     ("httpcore", "upstream client (httpx, httpcore, aiohttp)"),
     ("httpx", "upstream client (httpx, httpcore, aiohttp)"),
     ("aiohttp", "upstream client (httpx, httpcore, aiohttp)"),
