@@ -186,23 +186,28 @@ async def test_burst_of_200_admits_exactly_50_across_two_uvicorn_gateways(
         callback = await client.get(approve.headers["location"])
         assert callback.status_code == 200, callback.text
         conn = callback.json()["id"]
+        headers = {**bearer, "X-Connection-Id": conn}
+        # One call through each replica first (2 of the 50): both are warm when the burst starts, so neither
+        # can spend the whole budget while the other is still opening its first connections.
+        for url in (first, second):
+            warm = await client.get(f"{url}/v1/contacts", headers=headers)
+            assert warm.status_code == 200, warm.text
         assert (await client.delete(f"{sim}/_sim/counters")).status_code == 204
 
-        headers = {**bearer, "X-Connection-Id": conn}
         responses = await asyncio.gather(
             *(client.get(f"{(first, second)[i % 2]}/v1/contacts", headers=headers) for i in range(200))
         )
         counters = (await client.get(f"{sim}/_sim/counters")).json()
 
     statuses = [r.status_code for r in responses]
-    assert statuses.count(200) == 50, sorted(set(statuses))
-    assert statuses.count(429) == 150
+    assert statuses.count(200) == 48, sorted(set(statuses))  # 50 in all, with the two warm-up calls
+    assert statuses.count(429) == 152
     served_by = {str(r.request.url).split("/v1")[0] for r in responses if r.status_code == 200}
     assert served_by == {first, second}, "both replicas admitted calls from the one shared budget"
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.json()["violated-policies"] == ["burst"]
     assert int(refused.headers["Retry-After"]) >= 1
-    assert counters["calls"].get("GET /v3.1/contacts") == 50
+    assert counters["calls"].get("GET /v3.1/contacts") == 48
 
 
 def _burst_worker(redis_url: str, prefix: str, start_at: float, calls: int) -> int:
