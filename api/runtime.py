@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-GC_THRESHOLD = (50_000, 20, 100)
+GC_THRESHOLD = (10_000, 10, 100)
 
 
 def tune_gc() -> None:
