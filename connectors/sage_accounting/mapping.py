@@ -41,6 +41,7 @@ from connectors.models import (
 )
 from connectors.sage_accounting.wire import (
     PROVIDER,
+    aware,
     date,
     lenient,
     money,
@@ -173,18 +174,8 @@ class SageContact(msgspec.Struct):
     delivery_address: _Address | None = None
 
 
-def _text(value: str | None) -> str | None:
-    """:func:`~connectors.sage_accounting.wire.text` of a value already typed ``str | None``."""
-    return value if value and value != "null" else None
-
-
 def _ref(value: _Ref | None) -> str | None:
     return value.id or None if value is not None else None
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """§9: timestamps are UTC; one without an offset is read as UTC."""
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
 def _address_from_sage(value: _Address | None, kind: AddressType) -> Address | None:
@@ -192,9 +183,9 @@ def _address_from_sage(value: _Address | None, kind: AddressType) -> Address | N
     # expanded address (nested_attributes) carries the lines.
     if value is None:
         return None
-    country = _ref(value.country) or _text(value.country_id)
-    lines = [_text(v) for v in (value.address_line_1, value.address_line_2, value.city, value.region)]
-    postal_code = _text(value.postal_code)
+    country = _ref(value.country) or text(value.country_id)
+    lines = [text(v) for v in (value.address_line_1, value.address_line_2, value.city, value.region)]
+    postal_code = text(value.postal_code)
     if not (any(lines) or postal_code or country):
         return None  # a reference only
     return trusted(Address)(
@@ -229,27 +220,23 @@ def contact_from_sage(item: Mapping[str, Any] | SageContact, *, include_raw: boo
         if role is not None:
             roles.append(role)
     addresses = []
-    if c.main_address is not None and (address := _address_from_sage(c.main_address, _MAIN)) is not None:
-        addresses.append(address)
-    if (
-        c.delivery_address is not None
-        and (address := _address_from_sage(c.delivery_address, _SHIPPING)) is not None
-    ):
-        addresses.append(address)
+    for value, use in ((c.main_address, _MAIN), (c.delivery_address, _SHIPPING)):
+        if (address := _address_from_sage(value, use)) is not None:
+            addresses.append(address)
     return _CONTACT(
         id=c.id,
-        created_at=_aware(c.created_at),
-        updated_at=_aware(c.updated_at),
+        created_at=aware(c.created_at),
+        updated_at=aware(c.updated_at),
         raw=raw,
         roles=roles,
-        name=_text(c.name) or _text(c.displayed_as) or "",
+        name=text(c.name) or text(c.displayed_as) or "",
         # §10.1: the response's top-level email is the main contact person's.
-        email=_text(c.email) or (_text(person.email) if person is not None else None),
-        phone=(_text(person.telephone) or _text(person.mobile)) if person is not None else None,
-        reference=_text(c.reference),
+        email=text(c.email) or (text(person.email) if person is not None else None),
+        phone=(text(person.telephone) or text(person.mobile)) if person is not None else None,
+        reference=text(c.reference),
         status=_INACTIVE if c.is_active is False else _ACTIVE,
         currency=_ref(c.currency),
-        tax_number=_text(c.tax_number),
+        tax_number=text(c.tax_number),
         addresses=addresses,
     )
 

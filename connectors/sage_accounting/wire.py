@@ -85,7 +85,12 @@ def timestamp(value: Any) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value)  # Python ≥ 3.11 reads the "Z" suffix as UTC
     except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+    return aware(parsed)
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """§9: timestamps are UTC; one without an offset is read as UTC."""
+    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
 def date(value: Any) -> dt.date | None:
