@@ -163,33 +163,34 @@ class Governor:
                 applied.append(_Applied(policy, storage_key(policy, partition)))
         return applied
 
-    def _cached(
-        self, key: tuple[str | None, ...], select: Callable[[Policy], bool], tenant_id: str, scope: str | None
+    def _remember(
+        self, key: tuple[str | None, ...], policies: list[Policy], tenant_id: str, scope: str | None
     ) -> list[_Applied]:
-        applied = self._applied_cache.get(key)
-        if applied is None:
-            if len(self._applied_cache) >= 10_000:
-                self._applied_cache.clear()
-            policies = [p for p in self.policies if select(p)]
-            applied = self._applied_cache[key] = self._applied(policies, tenant_id, scope)
+        if len(self._applied_cache) >= 10_000:
+            self._applied_cache.clear()
+        applied = self._applied_cache[key] = self._applied(policies, tenant_id, scope)
         return applied
 
     def _for_call(self, call: UpstreamCall, tenant_id: str) -> list[_Applied]:
-        return self._cached(
-            ("call", call.provider, call.kind, tenant_id, call.scope),
-            lambda p: p.applies(call.provider, call.kind),
-            tenant_id,
-            call.scope,
-        )
+        key = ("call", call.provider, call.kind, tenant_id, call.scope)
+        applied = self._applied_cache.get(key)
+        if applied is None:
+            policies = [p for p in self.policies if p.applies(call.provider, call.kind)]
+            applied = self._remember(key, policies, tenant_id, call.scope)
+        return applied
 
     def _for_headers(self, tenant_id: str, provider: str | None, scope: str | None) -> list[_Applied]:
         """The budgets a response reports on: the tenant's own, and its provider's."""
-        return self._cached(
-            ("headers", provider, tenant_id, scope),
-            lambda p: p.provider is None or (provider is not None and p.provider == provider),
-            tenant_id,
-            scope,
-        )
+        key = ("headers", provider, tenant_id, scope)
+        applied = self._applied_cache.get(key)
+        if applied is None:
+            policies = [
+                p
+                for p in self.policies
+                if p.provider is None or (provider is not None and p.provider == provider)
+            ]
+            applied = self._remember(key, policies, tenant_id, scope)
+        return applied
 
     # --- admission --------------------------------------------------------------------------------------
 
