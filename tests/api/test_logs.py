@@ -3,6 +3,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import select, update
 
@@ -11,20 +13,27 @@ from models import Credential
 from tests.conftest import Gateway, auth
 
 
-def test_json_logs_redact_secrets() -> None:
+@contextmanager
+def _json_lines(name: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger writing through JsonFormatter into a string, for the duration of the block."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("ledgerbridge.test")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_json_logs_redact_secrets() -> None:
+    with _json_lines("ledgerbridge.test") as (logger, stream):
         logger.info(
             "calling upstream with Bearer eyJsecret.token and key lb_abcdefghijklmnopqrstuvwxyz123456",
             extra={"refresh_token": "rt-secret", "client_secret": "cs-secret", "status": 200},
         )
-    finally:
-        logger.removeHandler(handler)
     line = json.loads(stream.getvalue())
     text = stream.getvalue()
     for secret in ("eyJsecret.token", "lb_abcdefghijklmnopqrstuvwxyz123456", "rt-secret", "cs-secret"):
@@ -55,17 +64,9 @@ async def test_tampered_ciphertext_is_a_clear_problem_and_changes_nothing(gatewa
 
 
 def test_json_log_lines_stay_json_for_any_extra_value() -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("ledgerbridge.test.values")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with _json_lines("ledgerbridge.test.values") as (logger, stream):
         logger.info("big", extra={"count": 2**70, "nested": {1: "one"}, "when": object()})
         logger.info("plain Bearer abc.def", extra={"session_id": "s-1", "status": 201})
-    finally:
-        logger.removeHandler(handler)
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["count"] == 2**70 and first["message"] == "big"
     assert second["session_id"] == "[redacted]" and second["status"] == 201
