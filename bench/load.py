@@ -48,6 +48,8 @@ class LoadResult:
     p99_ms: float
     errors: int
     statuses: dict[int, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    """Calls that got no answer, by what the client raised (httpx loops only; wrk counts them in ``errors``)."""
     cpu_ms: float | None = None
     """CPU time (user + system) the measured server process tree spent per answered call."""
 
@@ -66,6 +68,7 @@ class LoadResult:
             "p90_ms": round(self.p90_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
             "errors": self.errors,
+            "failures": dict(self.failures),
             "cpu_ms_per_call": None if self.cpu_ms is None else round(self.cpu_ms, 3),
         }
 
@@ -180,14 +183,17 @@ class _Tally:
 
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
     errors: int = 0
 
     async def call(self, client: httpx.AsyncClient, target: Target) -> None:
         t0 = time.perf_counter()
         try:
             r = await client.request(target.method, target.url, headers=target.headers, content=target.body)
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
             self.errors += 1
+            kind = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.failures[kind] = self.failures.get(kind, 0) + 1
             return
         self.latencies.append((time.perf_counter() - t0) * 1000)
         self.statuses[r.status_code] = self.statuses.get(r.status_code, 0) + 1
@@ -205,6 +211,7 @@ class _Tally:
             p99_ms=percentile(self.latencies, 99),
             errors=self.errors,
             statuses=self.statuses,
+            failures=self.failures,
         )
 
 

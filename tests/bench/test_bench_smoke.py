@@ -135,3 +135,21 @@ def test_fixes_measures_the_baseline_and_this_tree_without_errors(bench_run: Run
         ["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True, check=True
     ).stdout
     assert "baseline-" not in listed
+
+
+async def test_a_call_that_gets_no_answer_is_reported_by_what_was_raised() -> None:
+    import socket
+
+    from bench.load import Target, burst, burst_client
+    from bench.scenarios import _statuses
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = Target(method="GET", url=f"http://127.0.0.1:{port}/v1/contacts", headers={})
+    async with burst_client(3) as client:
+        result = await burst(client, target, 3)
+    assert result.errors == 3 and result.statuses == {}
+    assert sum(result.failures.values()) == 3
+    assert all(kind.startswith("ConnectError") for kind in result.failures), result.failures
+    assert _statuses(result).startswith("3× ConnectError") and "socket errors" not in _statuses(result)
