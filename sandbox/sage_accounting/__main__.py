@@ -6,6 +6,7 @@ import argparse
 
 import uvicorn
 
+from ..runtime import steady_gc
 from .app import SageAccountingSimulator
 from .config import SimConfig
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     sim = SageAccountingSimulator(SimConfig(access_token_ttl=args.access_token_ttl, seed=args.seed))
+    steady_gc()
     uvicorn.run(sim, host=args.host, port=args.port, log_level=args.log_level)
 
 

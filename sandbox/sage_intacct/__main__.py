@@ -6,6 +6,7 @@ import argparse
 
 import uvicorn
 
+from ..runtime import steady_gc
 from . import SageIntacctSimulator, SimConfig
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         config.session_ttl = args.session_ttl
     if args.company_concurrency is not None:
         config.company_concurrency = args.company_concurrency
+    steady_gc()
     uvicorn.run(SageIntacctSimulator(config), host=args.host, port=args.port, log_level=args.log_level)
 
 
