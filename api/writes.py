@@ -23,11 +23,11 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
@@ -285,10 +285,16 @@ async def _intent_for_record(
         return intent
 
 
+_INTENTS = cast(Table, WriteIntent.__table__)
+# Built once: SET takes the columns of the parameters given (the statement is compiled once per column set).
+_UPDATE_INTENT = update(_INTENTS).where(_INTENTS.c.id == bindparam("intent_id"))
+
+
 async def _set_state(app: AppState, intent: WriteIntent, **values: Any) -> None:
     values["updated_at"] = _now()
-    async with app.db.session() as session:
-        await session.execute(update(WriteIntent).where(WriteIntent.id == intent.id).values(**values))
+    # One Core statement on its own transaction (no ORM unit of work): committed before the caller goes on.
+    async with app.db.engine.begin() as connection:
+        await connection.execute(_UPDATE_INTENT, {"intent_id": intent.id, **values})
     for name, value in values.items():
         setattr(intent, name, value)
 
