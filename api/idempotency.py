@@ -24,9 +24,9 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from starlette.responses import Response
@@ -114,48 +114,54 @@ class Claim:
     """A new record (no intent can exist for it yet)."""
 
 
+_RECORDS = cast(Table, IdempotencyRecord.__table__)
+_COMPLETE = update(_RECORDS).where(_RECORDS.c.id == bindparam("record_id"))
+
+
 class IdempotencyStore:
     def __init__(self, db: Database, *, lease_seconds: float, retention_days: int) -> None:
         self.db = db
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.retention = dt.timedelta(days=retention_days)
-
-    def _insert(self, values: dict[str, Any]) -> Any:
-        stmt = (sqlite_insert if self.db.sqlite else pg_insert)(IdempotencyRecord).values(**values)
-        return stmt.on_conflict_do_nothing().returning(IdempotencyRecord.id)
+        # Built once (statement construction cost more than the database round trip): the columns of an
+        # insert come from its parameters, the SET of an update from the parameters besides ``record_id``.
+        self._claim_insert = (
+            (sqlite_insert if db.sqlite else pg_insert)(_RECORDS)
+            .on_conflict_do_nothing()
+            .returning(_RECORDS.c.id)
+        )
 
     async def claim(self, *, tenant_id: str, method: str, route: str, key: str, fingerprint: str) -> Claim:
         """Claim the key for this request, or raise 409/422, or return the stored result to replay."""
-        scope = (
-            (IdempotencyRecord.tenant_id == tenant_id)
-            & (IdempotencyRecord.method == method)
-            & (IdempotencyRecord.route == route)
-            & (IdempotencyRecord.key == key)
-        )
         for _ in range(5):
             now = _now()
             record_id = new_id()
-            async with self.db.session() as session:
+            async with self.db.engine.begin() as connection:
                 inserted = (
-                    await session.execute(
-                        self._insert(
-                            {
-                                "id": record_id,
-                                "tenant_id": tenant_id,
-                                "key": key,
-                                "method": method,
-                                "route": route,
-                                "fingerprint": fingerprint,
-                                "state": IN_FLIGHT,
-                                "locked_until": now + self.lease,
-                                "created_at": now,
-                                "expires_at": now + self.retention,
-                            }
-                        )
+                    await connection.execute(
+                        self._claim_insert,
+                        {
+                            "id": record_id,
+                            "tenant_id": tenant_id,
+                            "key": key,
+                            "method": method,
+                            "route": route,
+                            "fingerprint": fingerprint,
+                            "state": IN_FLIGHT,
+                            "locked_until": now + self.lease,
+                            "created_at": now,
+                            "expires_at": now + self.retention,
+                        },
                     )
                 ).scalar_one_or_none()
             if inserted is not None:
                 return Claim(record_id, fresh=True)
+            scope = (
+                (IdempotencyRecord.tenant_id == tenant_id)
+                & (IdempotencyRecord.method == method)
+                & (IdempotencyRecord.route == route)
+                & (IdempotencyRecord.key == key)
+            )
             async with self.db.session() as session:
                 row = (await session.execute(select(IdempotencyRecord).where(scope))).scalar_one_or_none()
                 if row is None:
@@ -223,17 +229,17 @@ class IdempotencyStore:
             )
 
     async def complete(self, record_id: str, result: StoredResult) -> None:
-        async with self.db.session() as session:
-            await session.execute(
-                update(IdempotencyRecord)
-                .where(IdempotencyRecord.id == record_id)
-                .values(
-                    state=COMPLETED,
-                    locked_until=None,
-                    response_status=result.status,
-                    response_body=result.body.decode("utf-8"),
-                    response_headers=result.headers,
-                )
+        async with self.db.engine.begin() as connection:
+            await connection.execute(
+                _COMPLETE,
+                {
+                    "record_id": record_id,
+                    "state": COMPLETED,
+                    "locked_until": None,
+                    "response_status": result.status,
+                    "response_body": result.body.decode("utf-8"),
+                    "response_headers": result.headers,
+                },
             )
 
     async def release(self, record_id: str, state: str) -> None:
