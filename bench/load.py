@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +36,18 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     expect: int = 200
+    unique_header: str | None = None
+    """A header given a new value on every call (``<run>-<thread>-<n>``): an ``Idempotency-Key`` makes every
+    call a new write instead of a replay of the first."""
+    _run: str = field(default_factory=lambda: secrets.token_hex(4), repr=False)
+    _calls: int = field(default=0, repr=False)
+
+    def call_headers(self) -> dict[str, str]:
+        """The headers of the next call (the unique header numbered)."""
+        if self.unique_header is None:
+            return self.headers
+        self._calls += 1
+        return {**self.headers, self.unique_header: f"{self._run}-py-{self._calls}"}
 
 
 @dataclass
@@ -108,6 +121,23 @@ def _wrk_script(target: Target) -> str:
         lines.append(f"wrk.body = {_lua_string(target.body.decode())}")
     for name, value in target.headers.items():
         lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
+    if target.unique_header is not None:
+        # setup() runs in the main Lua state once per thread; request() in each thread's own state.
+        lines.append(
+            f"""
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local calls = 0
+request = function()
+  calls = calls + 1
+  wrk.headers[{_lua_string(target.unique_header)}] = {_lua_string(target._run)} .. "-" .. tid .. "-" .. calls
+  return wrk.format()
+end
+"""
+        )
     lines.append(
         """
 done = function(summary, latency, requests)
@@ -189,7 +219,9 @@ class _Tally:
     async def call(self, client: httpx.AsyncClient, target: Target) -> None:
         t0 = time.perf_counter()
         try:
-            r = await client.request(target.method, target.url, headers=target.headers, content=target.body)
+            r = await client.request(
+                target.method, target.url, headers=target.call_headers(), content=target.body
+            )
         except httpx.HTTPError as exc:
             self.errors += 1
             kind = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
