@@ -177,5 +177,7 @@ async def test_a_call_that_gets_no_answer_is_reported_by_what_was_raised() -> No
         result = await burst(client, target, 3)
     assert result.errors == 3 and result.statuses == {}
     assert sum(result.failures.values()) == 3
-    assert all(kind.startswith("ConnectError") for kind in result.failures), result.failures
-    assert _statuses(result).startswith("3× ConnectError") and "socket errors" not in _statuses(result)
+    assert all(kind.startswith("ClientConnectorError") for kind in result.failures), result.failures
+    assert _statuses(result).startswith("3× ClientConnectorError") and "socket errors" not in _statuses(
+        result
+    )
