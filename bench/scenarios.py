@@ -493,6 +493,8 @@ def throughput(run: Run) -> Section:
             "same load on the simulator; a run's ratio is its req/s over the mean of those two direct runs, and "
             "the row shows the median ratio (and that run's req/s, latencies and CPU). The direct row is the "
             "median of all direct runs, with their range relative to it.",
+            "The direct call is the very request the gateway sends Sage for this read (`items_per_page=50` and "
+            "the `attributes` the unified contact reads), so both sides cost the simulator the same.",
             "Load generator, simulator and gateway share the machine's cores: the ratio is the honest number, "
             "the absolute req/s is this machine's.",
             "The reference row is a one-route FastAPI app forwarding to the simulator with the same client "
@@ -500,6 +502,97 @@ def throughput(run: Run) -> Section:
             "— what the same Python stack does with no per-call work of its own, in the same run.",
         ],
         checks=checks,
+        data=data,
+    )
+
+
+# --- 2b. cost of a read: fixed and per record --------------------------------------------------------------
+
+
+def cost(run: Run) -> Section:
+    """CPU per call of the simulator, the reference proxy and the gateway for a page of 1 and of 50 contacts
+    (32 connections): what a read costs before any record, what each record adds, and what the throughput
+    target leaves the gateway."""
+    run.ensure_connections()
+    stack = run.stack
+    assert stack.sage is not None
+    ensure_contacts(run)
+    gw = run.gateway(1)
+    sizes = (1, 50)
+    results: dict[str, dict[int, LoadResult]] = {"direct": {}, "reference": {}, "gateway": {}}
+    proxy = stack.start_reference_proxy()
+    try:
+        for size in sizes:
+            path = f"/v3.1{sage_contacts_path(size)}"
+            targets = {
+                "direct": (Target(stack.sage.url + path, headers=run.direct_headers()), stack.sage.pid),
+                "reference": (Target(proxy.url + path, headers=run.direct_headers()), proxy.pid),
+                "gateway": (
+                    Target(
+                        f"{gw.url}/v1/contacts?page_size={size}", headers=stack.headers(stack.sage_connection)
+                    ),
+                    gw.pid,
+                ),
+            }
+            for name, (target, pid) in targets.items():
+                run.warm(target)
+                results[name][size] = run.load(target, run.connections, pid)
+    finally:
+        stack.stop_proc(proxy)
+    labels = {
+        "direct": "simulator directly",
+        "reference": "minimal FastAPI proxy (reference)",
+        "gateway": "`ledgerbridge serve --workers 1`",
+    }
+    rows: list[list[str]] = []
+    data: dict[str, Any] = {}
+    for name, by_size in results.items():
+        one, page = by_size[1], by_size[50]
+        per_record_us = ((page.cpu_ms or 0.0) - (one.cpu_ms or 0.0)) * 1000 / 49
+        data[name] = {"page_1": one.as_dict(), "page_50": page.as_dict(), "per_record_us": per_record_us}
+        rows.append(
+            [
+                labels[name],
+                f"{one.rps:.0f}",
+                cpu(one),
+                f"{page.rps:.0f}",
+                cpu(page),
+                f"{per_record_us:.1f}",
+                str(one.errors + page.errors),
+            ]
+        )
+    direct50 = results["direct"][50].rps
+    # One worker is one process on one core: at 0.6 of the simulator's rate it has 1 / (0.6 × rate) of CPU
+    # per call, whatever the other core does.
+    budget = 1000 / (0.6 * direct50) if direct50 else 0.0
+    ref1, gw1 = results["reference"][1].cpu_ms or 0.0, results["gateway"][1].cpu_ms or 0.0
+    ref50, gw50 = results["reference"][50].cpu_ms or 0.0, results["gateway"][50].cpu_ms or 0.0
+    data["one_worker_budget_ms"] = budget
+    notes = [
+        f"Each cell is one {f'{run.duration:.0f} s wrk run' if run.use_wrk else 'short httpx loop'} at "
+        f"{run.connections} connections; CPU is the server's "
+        "process tree (user + system) per answered call. The direct and reference calls are the request the "
+        "gateway sends Sage for that page.",
+        f"The gateway's own fixed cost per read (page of 1, over the reference): **{ms(gw1 - ref1)} ms**; "
+        f"each contact adds **{data['gateway']['per_record_us']:.1f} µs** (decoding, mapping, rendering).",
+        f"Throughput target at one worker: 0.6 × {direct50:.0f} req/s leaves one process "
+        f"**{ms(budget)} ms** of CPU per call for a page of 50; the reference proxy alone costs {ms(ref50)} ms, "
+        f"the gateway {ms(gw50)} ms.",
+    ]
+    return Section(
+        "cost",
+        f"2b. Cost of a read: a page of 1 and of 50 contacts ({run.connections} connections)",
+        rows,
+        [
+            "target",
+            "req/s, page of 1",
+            "CPU ms/call, page of 1",
+            "req/s, page of 50",
+            "CPU ms/call, page of 50",
+            "CPU µs per extra record",
+            "errors",
+        ],
+        notes=notes,
         data=data,
     )
 
@@ -869,6 +962,7 @@ def transport(run: Run) -> Section:
 SCENARIOS: dict[str, Callable[[Run], Section]] = {
     "overhead": overhead,
     "throughput": throughput,
+    "cost": cost,
     "efficiency": efficiency,
     "memory": memory,
     "storm": storm,

@@ -83,6 +83,15 @@ def test_throughput_runs_one_and_two_workers_beside_the_reference_proxy(bench_ru
     assert not any(proc.name == "reference-proxy" for proc in bench_run.stack.procs)  # stopped after its row
 
 
+def test_cost_measures_pages_of_1_and_50_on_all_three_servers(bench_run: Run) -> None:
+    section = SCENARIOS["cost"](bench_run)
+    _no_errors(section)
+    for name in ("direct", "reference", "gateway"):
+        for size in ("page_1", "page_50"):
+            assert section.data[name][size]["requests"] > 0, section.markdown()
+    assert section.data["one_worker_budget_ms"] > 0
+
+
 def test_upstream_efficiency_lists_every_invoice_with_the_minimum_of_upstream_calls(bench_run: Run) -> None:
     section = SCENARIOS["efficiency"](bench_run)
     sage = section.data["sage"]
