@@ -867,6 +867,8 @@ def storm(run: Run) -> Section:
             f"**{ms(single_refresh - single_warm)} ms** (401 from the upstream, token grant, encrypted store, retry).",
             f"Added p99 at the expiry: **{ms(expired.p99_ms - warm.p99_ms)} ms** over the same burst with a warm "
             "token (p50 +" + ms(expired.p50_ms - warm.p50_ms) + " ms).",
+            f"Upstream reads during the expired burst: {calls.get('GET /v3.1/contacts', 0)} for {count} calls: "
+            "a call already sent with the old token gets Sage's 401 and is sent again after the one refresh.",
             "The simulator's per-app concurrency cap is lifted for this scenario only.",
         ],
         checks={
