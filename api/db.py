@@ -40,7 +40,9 @@ def sqlite_pragmas(*extra: str) -> Callable[[Any, Any], None]:
 
     def listener(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "busy_timeout=10000", *extra):
+        # The busy timeout first: switching to WAL takes a lock too, and without a timeout a connection
+        # opened while another one writes failed at once with "database is locked".
+        for pragma in ("busy_timeout=10000", "journal_mode=WAL", *extra):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
