@@ -206,13 +206,14 @@ def sage_contacts_path(page_size: int) -> str:
     )
 
 
-def contacts_targets(run: Run) -> tuple[Target, Target]:
+def contacts_targets(run: Run, page_size: int = 50) -> tuple[Target, Target]:
+    """A page of contacts directly (the gateway's own upstream request) and through the running gateway."""
     stack = run.stack
     assert stack.sage is not None and stack.gateway is not None
     ensure_contacts(run)
-    direct = Target(f"{stack.sage.url}/v3.1{sage_contacts_path(50)}", headers=run.direct_headers())
+    direct = Target(f"{stack.sage.url}/v3.1{sage_contacts_path(page_size)}", headers=run.direct_headers())
     through = Target(
-        f"{stack.gateway.url}/v1/contacts?page_size=50", headers=stack.headers(stack.sage_connection)
+        f"{stack.gateway.url}/v1/contacts?page_size={page_size}", headers=stack.headers(stack.sage_connection)
     )
     return direct, through
 
@@ -383,16 +384,19 @@ def _interleaved(run: Run, direct: Target, through: Target, pid: int, directs: l
     return rounds
 
 
+def _via_proxy(run: Run, proxy: Proc, direct: Target) -> Target:
+    """``direct`` (a call to the Sage simulator) sent through the reference proxy instead."""
+    assert run.stack.sage is not None and direct.url.startswith(run.stack.sage.url)
+    return dataclasses.replace(direct, url=proxy.url + direct.url.removeprefix(run.stack.sage.url))
+
+
 def _reference_rounds(run: Run, direct: Target, directs: list[LoadResult]) -> _Rounds:
     """The same call as ``direct`` through ``bench.reference_proxy`` (started for this row, then stopped)."""
-    stack = run.stack
-    assert stack.sage is not None and direct.url.startswith(stack.sage.url)
-    proxy = stack.start_reference_proxy()
+    proxy = run.stack.start_reference_proxy()
     try:
-        target = Target(proxy.url + direct.url.removeprefix(stack.sage.url), headers=run.direct_headers())
-        return _interleaved(run, direct, target, proxy.pid, directs)
+        return _interleaved(run, direct, _via_proxy(run, proxy, direct), proxy.pid, directs)
     finally:
-        stack.stop_proc(proxy)
+        run.stack.stop_proc(proxy)
 
 
 def _throughput_cells(label: str, workers: str, rounds: _Rounds, *, bold: bool) -> list[str]:
@@ -516,23 +520,17 @@ def cost(run: Run) -> Section:
     run.ensure_connections()
     stack = run.stack
     assert stack.sage is not None
-    ensure_contacts(run)
     gw = run.gateway(1)
     sizes = (1, 50)
     results: dict[str, dict[int, LoadResult]] = {"direct": {}, "reference": {}, "gateway": {}}
     proxy = stack.start_reference_proxy()
     try:
         for size in sizes:
-            path = f"/v3.1{sage_contacts_path(size)}"
+            direct, through = contacts_targets(run, size)
             targets = {
-                "direct": (Target(stack.sage.url + path, headers=run.direct_headers()), stack.sage.pid),
-                "reference": (Target(proxy.url + path, headers=run.direct_headers()), proxy.pid),
-                "gateway": (
-                    Target(
-                        f"{gw.url}/v1/contacts?page_size={size}", headers=stack.headers(stack.sage_connection)
-                    ),
-                    gw.pid,
-                ),
+                "direct": (direct, stack.sage.pid),
+                "reference": (_via_proxy(run, proxy, direct), proxy.pid),
+                "gateway": (through, gw.pid),
             }
             for name, (target, pid) in targets.items():
                 run.warm(target)
@@ -789,17 +787,14 @@ def memory(run: Run) -> Section:
 def storm(run: Run) -> Section:
     """``storm`` concurrent calls at the moment the access token expires: exactly one refresh upstream."""
     run.ensure_connections()
-    gw = run.gateway(1)
+    run.gateway(1)
     stack = run.stack
     count = run.storm
     config = stack.sim("sage", "GET", "/_sim/config")
     # The simulator caps concurrent calls per app at 150 (Sage's documented limit, wire §6); the storm is
     # about refresh single-flight, so lift the cap for its duration.
     stack.sim("sage", "PATCH", "/_sim/config", {"max_concurrent_requests": max(count * 2, 150)})
-    ensure_contacts(run)
-    assert stack.sage is not None
-    target = Target(f"{gw.url}/v1/contacts?page_size=50", headers=stack.headers(stack.sage_connection))
-    direct_target = Target(f"{stack.sage.url}/v3.1{sage_contacts_path(50)}", headers=run.direct_headers())
+    direct_target, target = contacts_targets(run)
 
     async def measure() -> tuple[LoadResult, LoadResult, LoadResult, dict[str, int]]:
         # The same burst straight at the simulator first: what the load generator and the simulator

@@ -178,9 +178,7 @@ def test_parsed_urls_are_parsed_once_and_invalid_ones_still_refused() -> None:
             parsed_url("http://127.0.0.1:9/a\nb")
 
 
-async def test_upstream_responses_are_freed_when_the_last_reference_goes_not_by_a_garbage_collection() -> (
-    None
-):
+async def test_upstream_responses_are_freed_without_waiting_for_a_garbage_collection() -> None:
     """httpx ties a response and its body's stream in a reference cycle; ``send`` breaks it once the body is
     read, so a page's bytes (and every retried attempt's) are freed at once, not at the next full
     collection (a served gateway grew by tens of MiB per 10,000 invoices listed before)."""
